@@ -1,0 +1,18 @@
+# Source this file (bash/sh) from the repository root to get the project's shell:
+# the virtual environment, the ROS 2 wheels found by ament/CMake, and the colcon
+# install space (messages + console scripts).
+#   . scripts/env.sh
+_sb_root="$(cd "$(dirname "${BASH_SOURCE:-$0}")/.." && pwd)"
+. "$_sb_root/.venv/bin/activate"
+export AMENT_PREFIX_PATH="$VIRTUAL_ENV${AMENT_PREFIX_PATH:+:$AMENT_PREFIX_PATH}"
+export CMAKE_PREFIX_PATH="$VIRTUAL_ENV${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}"
+if [ -f "$_sb_root/install/setup.sh" ]; then
+  . "$_sb_root/install/setup.sh"
+fi
+# Console scripts where `ros2 run` would find them (no ros2 CLI wheel exists).
+if [ -d "$_sb_root/install/soft_biometrics_ros/lib/soft_biometrics_ros" ]; then
+  export PATH="$_sb_root/install/soft_biometrics_ros/lib/soft_biometrics_ros:$PATH"
+fi
+# Keep DDS discovery on this machine unless the user asked otherwise.
+export ROS_AUTOMATIC_DISCOVERY_RANGE="${ROS_AUTOMATIC_DISCOVERY_RANGE:-LOCALHOST}"
+unset _sb_root
