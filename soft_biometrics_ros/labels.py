@@ -82,7 +82,7 @@ def _index(task: str, name: str) -> int:
 
 
 def expected_age(probabilities: Sequence[float] | np.ndarray) -> np.ndarray | float:
-    """Expected age in years: sum over groups of probability x group midpoint.
+    """Return the expected age in years: sum over groups of probability x group midpoint.
 
     Accepts one probability vector of shape (9,) (returns a float) or a batch of
     shape (N, 9) (returns an array of shape (N,)).
