@@ -46,7 +46,7 @@ def test_unlabelled_sample_gets_no_gradient():
 
 def test_task_without_labels_gives_zero_loss_not_nan():
     logits, targets = random_batch(n=4, missing={'emotion': range(4)})
-    criterion = losses.MultitaskLoss(losses.LossConfig(balancing='uncertainty'))
+    criterion = losses.MultitaskLoss(losses.LossConfig(strategy='uncertainty'))
     out = criterion(logits, targets)
     assert out.task_losses['emotion'] == 0.0 and out.label_counts['emotion'] == 0
     out.total.backward()
@@ -60,7 +60,7 @@ def test_task_without_labels_gives_zero_loss_not_nan():
 
 def test_fixed_weights_from_config():
     logits, targets = random_batch()
-    config = losses.LossConfig(task_weights={'age': 2.0, 'emotion': 0.5})
+    config = losses.LossConfig(weights={'age': 2.0, 'emotion': 0.5})
     out = losses.MultitaskLoss(config)(logits, targets)
     expected = (2.0 * out.task_losses['age'] + out.task_losses['gender']
                 + 0.5 * out.task_losses['emotion'])
@@ -70,7 +70,7 @@ def test_fixed_weights_from_config():
 
 def test_uncertainty_weights_move_under_the_optimizer():
     logits, targets = random_batch(n=16)
-    criterion = losses.MultitaskLoss(losses.LossConfig(balancing='uncertainty'))
+    criterion = losses.MultitaskLoss(losses.LossConfig(strategy='uncertainty'))
     assert criterion.balancer.weights() == {t: 1.0 for t in labels.TASKS}
     optimizer = torch.optim.AdamW(criterion.parameters(), lr=0.05, weight_decay=0.0)
     for _ in range(20):
@@ -84,7 +84,7 @@ def test_uncertainty_weights_move_under_the_optimizer():
 
 
 def test_dwa_weights_follow_the_loss_ratios():
-    config = losses.LossConfig(balancing='dwa', dwa_temperature=2.0)
+    config = losses.LossConfig(strategy='dwa', dwa_temperature=2.0)
     balancer = losses.build_loss_balancer(config)
     counts = {t: 4 for t in labels.TASKS}
     epoch_losses = [{'age': 2.0, 'gender': 1.0, 'emotion': 1.5},
@@ -107,7 +107,7 @@ def test_dwa_weights_follow_the_loss_ratios():
 
 
 def test_dwa_epoch_mean_is_weighted_by_label_count():
-    balancer = losses.build_loss_balancer(losses.LossConfig(balancing='dwa'))
+    balancer = losses.build_loss_balancer(losses.LossConfig(strategy='dwa'))
     balancer.combine({t: torch.tensor(1.0) for t in labels.TASKS}, {t: 1 for t in labels.TASKS})
     balancer.combine({t: torch.tensor(4.0) for t in labels.TASKS},
                      {'age': 3, 'gender': 3, 'emotion': 0})
@@ -134,7 +134,7 @@ def test_gradnorm_equalises_gradient_norms_and_keeps_weight_sum():
     # Scale the age head so its gradient on the trunk dominates at the start.
     with torch.no_grad():
         model.heads['age'].weight.mul_(20.0)
-    config = losses.LossConfig(balancing='gradnorm', gradnorm_alpha=0.0)
+    config = losses.LossConfig(strategy='gradnorm', gradnorm_alpha=0.0)
     criterion = losses.MultitaskLoss(config)
     optimizer = torch.optim.SGD(criterion.parameters(), lr=0.01)
     x = torch.randn(32, 6)
@@ -170,19 +170,19 @@ def test_gradnorm_equalises_gradient_norms_and_keeps_weight_sum():
 
 def test_gradnorm_without_shared_parameters_says_what_to_do():
     logits, targets = random_batch()
-    criterion = losses.MultitaskLoss(losses.LossConfig(balancing='gradnorm'))
+    criterion = losses.MultitaskLoss(losses.LossConfig(strategy='gradnorm'))
     with pytest.raises(ValueError, match='linear_probe'):
         criterion(logits, targets, shared_parameters=[])
 
 
 @pytest.mark.parametrize('values, field', [
-    ({'balancing': 'magic'}, 'loss.balancing'),
-    ({'task_weights': {'hair': 1.0}}, 'loss.task_weights'),
-    ({'task_weights': {'age': -1.0}}, 'loss.task_weights.age'),
+    ({'strategy': 'magic'}, 'loss.strategy'),
+    ({'weights': {'hair': 1.0}}, 'loss.weights'),
+    ({'weights': {'age': -1.0}}, 'loss.weights.age'),
     ({'label_smoothing': 1.0}, 'loss.label_smoothing'),
     ({'dwa_temperature': 0}, 'loss.dwa_temperature'),
     ({'balancer_lr': -1}, 'loss.balancer_lr'),
-    ({'weights': {}}, 'unknown loss key'),
+    ({'task_weight': {}}, 'unknown loss key'),
 ])
 def test_config_errors_name_the_field(values, field):
     with pytest.raises(ValueError, match=field.replace('.', r'\.')):

@@ -43,8 +43,8 @@ from soft_biometrics_ros import labels
 class LossConfig:
     """Settings of the multitask loss (the `loss` section of a training config).
 
-    balancing: name of a strategy in LOSS_BALANCERS.
-    task_weights: fixed weight per task (`fixed`), also the initial weights of
+    strategy: name of a strategy in LOSS_BALANCERS.
+    weights: fixed weight per task (`fixed`), also the initial weights of
         `gradnorm`; missing tasks get 1.
     label_smoothing: cross-entropy label smoothing in [0, 1).
     dwa_temperature: temperature T of DWA (the paper uses 2).
@@ -53,24 +53,24 @@ class LossConfig:
         model's base learning rate.
     """
 
-    balancing: str = 'fixed'
-    task_weights: Dict[str, float] = field(default_factory=dict)
+    strategy: str = 'fixed'
+    weights: Dict[str, float] = field(default_factory=dict)
     label_smoothing: float = 0.0
     dwa_temperature: float = 2.0
     gradnorm_alpha: float = 1.5
     balancer_lr: Optional[float] = None
 
     def __post_init__(self):
-        if self.balancing not in LOSS_BALANCERS:
-            raise ValueError(f'loss.balancing {self.balancing!r} is unknown; choose one of '
+        if self.strategy not in LOSS_BALANCERS:
+            raise ValueError(f'loss.strategy {self.strategy!r} is unknown; choose one of '
                              f'{", ".join(sorted(LOSS_BALANCERS))}')
-        unknown = sorted(set(self.task_weights) - set(labels.TASKS))
+        unknown = sorted(set(self.weights) - set(labels.TASKS))
         if unknown:
-            raise ValueError(f'loss.task_weights has unknown task(s) {unknown}; tasks are '
+            raise ValueError(f'loss.weights has unknown task(s) {unknown}; tasks are '
                              f'{", ".join(labels.TASKS)}')
-        for task, weight in self.task_weights.items():
+        for task, weight in self.weights.items():
             if not (isinstance(weight, (int, float)) and math.isfinite(weight) and weight >= 0):
-                raise ValueError(f'loss.task_weights.{task} must be a finite number >= 0, '
+                raise ValueError(f'loss.weights.{task} must be a finite number >= 0, '
                                  f'got {weight!r}')
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f'loss.label_smoothing must be in [0, 1), got '
@@ -94,7 +94,7 @@ class LossConfig:
 
     def weight_of(self, task: str) -> float:
         """Return the configured weight of `task` (1 when not given)."""
-        return float(self.task_weights.get(task, 1.0))
+        return float(self.weights.get(task, 1.0))
 
 
 def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor,
@@ -284,7 +284,7 @@ class GradNorm(LossBalancer):
         """Return sum_t w_t L_t (weights detached) and set the weights' gradient."""
         if not shared_parameters:
             raise ValueError(
-                'loss.balancing gradnorm needs trainable parameters shared by all tasks; this '
+                'loss.strategy gradnorm needs trainable parameters shared by all tasks; this '
                 'method has none (e.g. linear_probe): use fixed, uncertainty or dwa')
         present = [i for i, t in enumerate(self.tasks) if label_counts.get(t, 0) > 0]
         if len(present) >= 2 and torch.is_grad_enabled():
@@ -330,8 +330,8 @@ class GradNorm(LossBalancer):
 
 
 def build_loss_balancer(config: LossConfig, tasks: Sequence[str] = labels.TASKS) -> LossBalancer:
-    """Return the registered strategy named by config.balancing."""
-    return LOSS_BALANCERS[config.balancing](config, tasks)
+    """Return the registered strategy named by config.strategy."""
+    return LOSS_BALANCERS[config.strategy](config, tasks)
 
 
 class LossOutput(NamedTuple):
