@@ -41,7 +41,15 @@ DEFAULT_MAX_PIXELS = 7680 * 4320
 
 
 class ImageConversionError(ValueError):
-    """An image message that cannot be turned into a BGR array (the message says why)."""
+    """An image message that cannot be turned into a BGR array (the message says why).
+
+    `kind` names the class of problem for counters: unknown_encoding, zero_size,
+    too_large, step_mismatch, truncated, odd_width, corrupt, unsupported_output.
+    """
+
+    def __init__(self, message: str, kind: str = 'invalid'):
+        super().__init__(message)
+        self.kind = kind
 
 
 # encoding -> (channels, numpy dtype of one channel, how to get BGR)
@@ -91,11 +99,12 @@ def check_pixels(width: int, height: int, max_pixels: int = DEFAULT_MAX_PIXELS,
     """Raise ImageConversionError for a zero-size frame or one above `max_pixels`."""
     if width <= 0 or height <= 0:
         raise ImageConversionError(
-            f'zero-size {what}: width={width}, height={height}; both must be > 0')
+            f'zero-size {what}: width={width}, height={height}; both must be > 0',
+            kind='zero_size')
     if max_pixels and width * height > max_pixels:
         raise ImageConversionError(
             f'{what} of {width}x{height} = {width * height} pixels exceeds the limit of '
-            f'{max_pixels} pixels; refusing to convert it')
+            f'{max_pixels} pixels; refusing to convert it', kind='too_large')
 
 
 def raw_to_bgr(data, width: int, height: int, encoding: str, step: int,
@@ -108,23 +117,24 @@ def raw_to_bgr(data, width: int, height: int, encoding: str, step: int,
     if encoding not in _RAW_ENCODINGS:
         raise ImageConversionError(
             f'unknown image encoding {encoding!r}; supported encodings are '
-            f'{", ".join(SUPPORTED_ENCODINGS)}')
+            f'{", ".join(SUPPORTED_ENCODINGS)}', kind='unknown_encoding')
     check_pixels(width, height, max_pixels)
     channels, dtype, conversion = _RAW_ENCODINGS[encoding]
     itemsize = np.dtype(dtype).itemsize
     row_bytes = width * channels * itemsize
     if channels == 2 and width % 2:
         raise ImageConversionError(
-            f'{encoding} packs two pixels into 4 bytes, so width must be even, got {width}')
+            f'{encoding} packs two pixels into 4 bytes, so width must be even, got {width}',
+            kind='odd_width')
     if step < row_bytes:
         raise ImageConversionError(
             f'step mismatch: step={step} bytes is shorter than one {encoding} row of '
-            f'width {width} ({row_bytes} bytes)')
+            f'width {width} ({row_bytes} bytes)', kind='step_mismatch')
     buffer = np.frombuffer(data, dtype=np.uint8)
     if buffer.size < step * height:
         raise ImageConversionError(
             f'truncated image data: {buffer.size} bytes, but height={height} x step={step} '
-            f'needs {step * height} bytes')
+            f'needs {step * height} bytes', kind='truncated')
     if itemsize > 1 and step % itemsize:
         # Rows start at odd byte offsets: copy each row out before viewing as uint16.
         rows = [buffer[r * step:r * step + row_bytes] for r in range(height)]
@@ -157,7 +167,7 @@ def imgmsg_to_bgr(msg, max_pixels: int = DEFAULT_MAX_PIXELS,
     if encoding not in _RAW_ENCODINGS:
         raise ImageConversionError(
             f'unknown image encoding {encoding!r}; supported encodings are '
-            f'{", ".join(SUPPORTED_ENCODINGS)}')
+            f'{", ".join(SUPPORTED_ENCODINGS)}', kind='unknown_encoding')
     check_pixels(width, height, max_pixels)
     bridge = _bridge() if use_cv_bridge is not False else None
     if bridge is not None and encoding not in ('uyvy', 'yuyv', '8UC3', '8UC4', '8UC1', '16UC1'):
@@ -167,8 +177,8 @@ def imgmsg_to_bgr(msg, max_pixels: int = DEFAULT_MAX_PIXELS,
         try:
             return np.ascontiguousarray(bridge.imgmsg_to_cv2(msg, desired_encoding='bgr8'))
         except Exception as error:  # cv_bridge raises its own CvBridgeError types
-            raise ImageConversionError(f'cv_bridge could not convert the image: {error}') \
-                from error
+            raise ImageConversionError(f'cv_bridge could not convert the image: {error}',
+                                       kind='corrupt') from error
     return raw_to_bgr(msg.data, width, height, encoding, step, bool(msg.is_bigendian),
                       max_pixels)
 
@@ -179,12 +189,12 @@ def _check_raw_layout(data, width, height, encoding, step):
     if step < row_bytes:
         raise ImageConversionError(
             f'step mismatch: step={step} bytes is shorter than one {encoding} row of '
-            f'width {width} ({row_bytes} bytes)')
+            f'width {width} ({row_bytes} bytes)', kind='step_mismatch')
     size = len(memoryview(data).cast('B'))
     if size < step * height:
         raise ImageConversionError(
             f'truncated image data: {size} bytes, but height={height} x step={step} '
-            f'needs {step * height} bytes')
+            f'needs {step * height} bytes', kind='truncated')
 
 
 def compressed_dimensions(data: bytes) -> Optional[Tuple[int, int]]:
@@ -221,19 +231,21 @@ def compressed_to_bgr(msg, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     data = bytes(msg.data)
     fmt = str(getattr(msg, 'format', '') or '')
     if not data:
-        raise ImageConversionError(f'zero-size compressed image: no data (format {fmt!r})')
+        raise ImageConversionError(f'zero-size compressed image: no data (format {fmt!r})',
+                                   kind='zero_size')
     dims = compressed_dimensions(data)
     if dims is not None:
         check_pixels(dims[0], dims[1], max_pixels, what='compressed image')
     if data[:2] == b'\xff\xd8' and b'\xff\xd9' not in data[-64:]:
         # libjpeg may hand back a half-grey frame for a cut-off JPEG; refuse it.
         raise ImageConversionError(
-            f'truncated JPEG ({len(data)} bytes, format {fmt!r}): no end-of-image marker')
+            f'truncated JPEG ({len(data)} bytes, format {fmt!r}): no end-of-image marker',
+            kind='truncated')
     image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     if image is None or image.size == 0:
         raise ImageConversionError(
             f'corrupt compressed image: {len(data)} bytes (format {fmt!r}, starts with '
-            f'{data[:4].hex()}) could not be decoded as JPEG or PNG')
+            f'{data[:4].hex()}) could not be decoded as JPEG or PNG', kind='corrupt')
     check_pixels(image.shape[1], image.shape[0], max_pixels, what='compressed image')
     return image
 
@@ -247,12 +259,12 @@ def bgr_to_imgmsg(image: np.ndarray, header=None, encoding: str = 'bgr8'):
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ImageConversionError(
             f'bgr_to_imgmsg needs an (H, W, 3) uint8 array, got shape {image.shape} '
-            f'dtype {image.dtype}')
+            f'dtype {image.dtype}', kind='unsupported_output')
     if encoding == 'rgb8':
         image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     elif encoding != 'bgr8':
         raise ImageConversionError(
-            f'bgr_to_imgmsg writes bgr8 or rgb8, not {encoding!r}')
+            f'bgr_to_imgmsg writes bgr8 or rgb8, not {encoding!r}', kind='unsupported_output')
     image = np.ascontiguousarray(image)
     msg = Image()
     if header is not None:
@@ -273,11 +285,13 @@ def bgr_to_compressed(image: np.ndarray, header=None, fmt: str = 'jpeg', quality
     from sensor_msgs.msg import CompressedImage
 
     if fmt not in ('jpeg', 'png'):
-        raise ImageConversionError(f'compressed format must be jpeg or png, not {fmt!r}')
+        raise ImageConversionError(f'compressed format must be jpeg or png, not {fmt!r}',
+                                   kind='unsupported_output')
     params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)] if fmt == 'jpeg' else []
     ok, encoded = cv2.imencode('.jpg' if fmt == 'jpeg' else '.png', image, params)
     if not ok:
-        raise ImageConversionError(f'OpenCV could not encode a {image.shape} image as {fmt}')
+        raise ImageConversionError(f'OpenCV could not encode a {image.shape} image as {fmt}',
+                                   kind='unsupported_output')
     msg = CompressedImage()
     if header is not None:
         msg.header = header

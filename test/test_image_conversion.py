@@ -226,3 +226,25 @@ def test_bgr_to_imgmsg_round_trip():
     np.testing.assert_array_equal(imgmsg_to_bgr(bgr_to_imgmsg(BGR, encoding='rgb8')), BGR)
     with pytest.raises(ImageConversionError, match='needs an \\(H, W, 3\\) uint8 array'):
         bgr_to_imgmsg(BGR[:, :, 0])
+
+
+def test_errors_carry_a_kind_for_the_counters():
+    cases = []
+    unknown = make_msg(BGR, 'bayer_rggb8')
+    cases.append((lambda: imgmsg_to_bgr(unknown), 'unknown_encoding'))
+    cases.append((lambda: imgmsg_to_bgr(Image(height=0, width=8, encoding='bgr8', step=24)),
+                  'zero_size'))
+    truncated = make_msg(BGR, 'bgr8')
+    truncated.data = truncated.data[:10]
+    cases.append((lambda: imgmsg_to_bgr(truncated), 'truncated'))
+    short_step = make_msg(BGR, 'bgr8')
+    short_step.step = 3
+    cases.append((lambda: imgmsg_to_bgr(short_step), 'step_mismatch'))
+    cases.append((lambda: imgmsg_to_bgr(make_msg(BGR, 'bgr8'), max_pixels=4), 'too_large'))
+    corrupt = CompressedImage(format='png')
+    corrupt.data = array.array('B', b'\x89PNG\r\n\x1a\n' + bytes(40))
+    cases.append((lambda: compressed_to_bgr(corrupt), 'corrupt'))
+    for call, kind in cases:
+        with pytest.raises(ImageConversionError) as info:
+            call()
+        assert info.value.kind == kind, (kind, str(info.value))
