@@ -127,9 +127,9 @@ def _read_video(capture) -> Iterator[np.ndarray]:
 
 
 def sample_frames() -> List[np.ndarray]:
-    """Return the bundled sample frames (public-domain face photos) as BGR arrays."""
+    """Return the bundled sample frames as BGR arrays: two public-domain portraits panning."""
     from soft_biometrics_ros import sample_data
-    return [np.ascontiguousarray(f) for f in sample_data.sample_frames()]
+    return [np.ascontiguousarray(f.image) for f in sample_data.panning_frames()]
 
 
 def resize_to_max_side(image: np.ndarray, max_side: Optional[int]) -> np.ndarray:
