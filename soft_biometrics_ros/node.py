@@ -1,0 +1,501 @@
+"""The soft_biometrics ROS 2 node: camera frames in, per-face age/gender/emotion out.
+
+A thin lifecycle shell around `soft_biometrics_ros.pipeline.Pipeline`:
+
+- configure: check the parameters, build the pipeline (MTCNN + the PE-Core classifier
+  from a checkpoint or zero-shot) and warm it up; a model that cannot be loaded fails
+  the transition with a clear error and the node stays alive, unconfigured.
+- activate: subscribe `image` (sensor_msgs/Image) or `image/compressed`
+  (sensor_msgs/CompressedImage) with sensor-data QoS and start the inference worker;
+  publish `~/faces` (FaceAttributesArray, the source header, every processed frame)
+  and `~/debug_image` (annotated, only when enabled and subscribed).
+- deactivate: stop processing; cleanup: free the model; shutdown: both.
+- `/diagnostics` at 1 Hz in every state (rates, drops, bad frames, stage latencies).
+
+Always the newest frame: the subscription callback only puts the message into a
+one-slot buffer (a newer message replaces an unprocessed one, which is counted as
+dropped); a worker thread takes the newest frame, at most `max_rate` times a second,
+converts it, runs the pipeline, tracks and smooths the faces and publishes. Bad
+frames (unknown encoding, truncated data, ...) are counted, logged (throttled) and
+skipped.
+
+Run: `soft_biometrics_node --ros-args -p device:=cpu -r image:=/camera/image_raw`
+or `python -m soft_biometrics_ros.node --ros-args --params-file config/node.yaml`.
+With `autostart:=false` drive it through `~/change_state` (a lifecycle manager).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import logging
+import os
+import random
+import string
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos import (HistoryPolicy, QoSProfile, ReliabilityPolicy,
+                       qos_profile_sensor_data)
+from sensor_msgs.msg import CompressedImage, Image
+from soft_biometrics_msgs.msg import FaceAttributesArray
+
+from soft_biometrics_ros.diagnostics import FrameStats, diagnostic_array, diagnostic_status
+from soft_biometrics_ros.image_conversion import (ImageConversionError, bgr_to_imgmsg,
+                                                  compressed_to_bgr, imgmsg_to_bgr)
+from soft_biometrics_ros.node_params import (PARAMETERS, SPECS, check_parameter,
+                                             check_parameters, resolve_model_source)
+from soft_biometrics_ros.ros_messages import estimates_to_msg
+from soft_biometrics_ros.tracking import FaceTracker, TrackerConfig
+
+NODE_NAME = 'soft_biometrics'
+PROFILE_ENV = 'FASTDDS_DEFAULT_PROFILES_FILE'
+BAD_FRAME_LOG_PERIOD_S = 2.0
+
+
+def large_frames_profile() -> Optional[Path]:
+    """Return the shipped Fast DDS profile for frames > 512 KiB (installed or in the repo)."""
+    candidates = []
+    try:
+        from ament_index_python.packages import (PackageNotFoundError,
+                                                 get_package_share_directory)
+        try:
+            candidates.append(Path(get_package_share_directory('soft_biometrics_ros')))
+        except PackageNotFoundError:
+            pass
+    except ImportError:
+        pass
+    candidates.append(Path(__file__).resolve().parents[1])
+    for root in candidates:
+        path = root / 'fastdds' / 'large_frames.xml'
+        if path.is_file():
+            return path
+    return None
+
+
+def use_large_frames_profile(environ=os.environ) -> Optional[str]:
+    """Point Fast DDS at the large-frames profile unless the user chose a profile already.
+
+    The node publishes debug images of camera size, which Fast DDS drops silently
+    between processes above 512 KiB without a larger shared-memory segment. Must run
+    before rclpy.init. Returns the profile path set, or None when nothing was changed.
+    """
+    if environ.get(PROFILE_ENV) or environ.get('FASTRTPS_DEFAULT_PROFILES_FILE'):
+        return None
+    if 'fastrtps' not in environ.get('RMW_IMPLEMENTATION', 'rmw_fastrtps_cpp'):
+        return None
+    path = large_frames_profile()
+    if path is None:
+        return None
+    environ[PROFILE_ENV] = str(path)
+    return str(path)
+
+
+class LatestFrameBuffer:
+    """A one-slot buffer between the subscription and the worker: the newest frame wins.
+
+    `put` replaces an unprocessed frame (returns True then, so it can be counted as
+    dropped); `take` waits for a frame no earlier than `not_before` (monotonic time,
+    the rate cap) and returns the newest one.
+    """
+
+    def __init__(self):
+        self._condition = threading.Condition()
+        self._item = None
+        self._closed = False
+
+    def put(self, item) -> bool:
+        """Store `item`; return True when it replaced a frame that was never processed."""
+        with self._condition:
+            replaced = self._item is not None
+            self._item = item
+            self._condition.notify()
+            return replaced
+
+    def take(self, timeout: float, not_before: float = 0.0):
+        """Return the newest frame once one is there and `not_before` has passed, else None.
+
+        Waits at most `timeout` seconds; returns None at once when closed.
+        """
+        deadline = time.monotonic() + timeout
+        with self._condition:
+            while True:
+                if self._closed:
+                    return None
+                now = time.monotonic()
+                if self._item is not None and now >= not_before:
+                    item, self._item = self._item, None
+                    return item
+                if now >= deadline:
+                    return None
+                wait = deadline - now
+                if self._item is not None:
+                    wait = min(wait, not_before - now)
+                self._condition.wait(max(wait, 0.0))
+
+    def clear(self) -> bool:
+        """Drop the stored frame; return True when there was one."""
+        with self._condition:
+            had = self._item is not None
+            self._item = None
+            return had
+
+    def close(self) -> None:
+        """Wake and stop every waiting `take`."""
+        with self._condition:
+            self._closed = True
+            self._condition.notify_all()
+
+    def open(self) -> None:
+        """Accept frames again after `close`."""
+        with self._condition:
+            self._closed = False
+
+
+class SoftBiometricsNode(LifecycleNode):
+    """Lifecycle node publishing age group, gender and emotion of every face it sees."""
+
+    def __init__(self, **kwargs):
+        super().__init__(NODE_NAME, **kwargs)
+        for spec in PARAMETERS:
+            self.declare_parameter(spec.name, spec.default, ParameterDescriptor(
+                description=spec.description))
+        self.stats = FrameStats()
+        self._state = 'unconfigured'
+        self._error = ''
+        self._pipeline = None
+        self._device = ''
+        self._backbone = ''
+        self._model_lock = threading.Lock()
+        self._tracker: Optional[FaceTracker] = None
+        self._id_prefix = 'f' + ''.join(random.choices(string.ascii_lowercase, k=3))
+        self._buffer = LatestFrameBuffer()
+        self._worker: Optional[threading.Thread] = None
+        self._stop = threading.Event()
+        self._subscription = None
+        self._compressed_input = False
+        self._faces_pub = None
+        self._debug_pub = None
+        self._last_bad_log: Dict[str, float] = {}
+        self._max_rate = float(self.get_parameter('max_rate').value)
+        self._publish_debug = bool(self.get_parameter('publish_debug_image').value)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self._diagnostics_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
+        self._diagnostics_timer = self.create_timer(1.0, self.publish_diagnostics)
+
+    # ---- parameters ----
+
+    def parameter_values(self) -> Dict[str, Any]:
+        """Return the current value of every node parameter."""
+        return {spec.name: self.get_parameter(spec.name).value for spec in PARAMETERS}
+
+    def _on_set_parameters(self, parameters) -> SetParametersResult:
+        problems = [check_parameter(p.name, p.value) for p in parameters if p.name in SPECS]
+        problems = [p for p in problems if p]
+        if problems:
+            reason = '; '.join(problems)
+            self.get_logger().warning(f'rejected parameter change: {reason}')
+            return SetParametersResult(successful=False, reason=reason)
+        for parameter in parameters:
+            spec = SPECS.get(parameter.name)
+            if spec is None:
+                continue
+            self._apply_parameter(parameter.name, parameter.value)
+            if spec.applies == 'configure' and self._state != 'unconfigured':
+                self.get_logger().info(
+                    f'{parameter.name} changed; it takes effect at the next configure '
+                    '(deactivate, cleanup, configure, activate)')
+            elif spec.applies == 'activate' and self._state == 'active':
+                self.get_logger().info(
+                    f'{parameter.name} changed; it takes effect at the next activate')
+        return SetParametersResult(successful=True)
+
+    def _apply_parameter(self, name: str, value) -> None:
+        """Apply a `live` parameter at once (called with an already valid value)."""
+        if name == 'max_rate':
+            self._max_rate = float(value)
+        elif name == 'publish_debug_image':
+            self._publish_debug = bool(value)
+        elif name in ('tracking', 'smoothing', 'max_missed_frames'):
+            with self._model_lock:
+                if self._tracker is None:
+                    return
+                if name == 'tracking':
+                    self._tracker.enabled = bool(value)
+                    self._tracker.reset()
+                elif name == 'smoothing':
+                    self._tracker.config = dataclasses.replace(
+                        self._tracker.config, smoothing=float(value))
+                else:
+                    self._tracker.config = dataclasses.replace(
+                        self._tracker.config, max_missed=int(value))
+
+    # ---- lifecycle ----
+
+    def start(self) -> bool:
+        """Configure and activate (what autostart does); return True when active."""
+        if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+            self.get_logger().error(
+                'autostart: configure failed; the node stays unconfigured. Fix the '
+                'parameters and call ~/change_state configure, or restart it.')
+            return False
+        return self.trigger_activate() == TransitionCallbackReturn.SUCCESS
+
+    def _fail(self, message: str) -> TransitionCallbackReturn:
+        self._error = message
+        self.get_logger().error(message)
+        return TransitionCallbackReturn.FAILURE
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Check the parameters, load and warm up the model, create the publishers."""
+        values = self.parameter_values()
+        problems = check_parameters(values)
+        if problems:
+            return self._fail('configure failed, invalid parameters: ' + '; '.join(problems))
+        checkpoint, backbone, pretrained = resolve_model_source(
+            values['checkpoint'], values['backbone'], values['pretrained'])
+        source = (f'checkpoint {checkpoint}' if checkpoint else
+                  f'zero-shot {backbone} (pretrained={pretrained})')
+        self.get_logger().info(f'configuring: loading {source} on {values["device"]}')
+        started = time.monotonic()
+        try:
+            pipeline = self._build_pipeline(values, checkpoint, backbone, pretrained)
+        except Exception as error:  # any load error must leave the node alive
+            return self._fail(f'configure failed: could not load {source}: '
+                              f'{type(error).__name__}: {error}')
+        classifier = getattr(pipeline, 'classifier', None)
+        self._device = str(getattr(classifier, 'device', values['device']))
+        self._backbone = str(getattr(classifier, 'backbone_name', backbone or ''))
+        if getattr(classifier, 'untrained', False):
+            self.get_logger().warning(
+                '*** UNTRAINED MODEL: %s runs on RANDOM weights (pretrained=none); its age, '
+                'gender and emotion answers are MEANINGLESS. Use pretrained:=meta, a weights '
+                'file or a trained checkpoint. ***' % self._backbone)
+        with self._model_lock:
+            self._pipeline = pipeline
+            self._tracker = FaceTracker(TrackerConfig(
+                smoothing=float(values['smoothing']),
+                max_missed=int(values['max_missed_frames']),
+                id_prefix=self._id_prefix), enabled=bool(values['tracking']))
+        self._faces_pub = self.create_lifecycle_publisher(FaceAttributesArray, '~/faces', 10)
+        self._debug_pub = self.create_lifecycle_publisher(
+            Image, '~/debug_image',
+            QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                       history=HistoryPolicy.KEEP_LAST))
+        self._error = ''
+        self._state = 'inactive'
+        self.get_logger().info(
+            f'configured in {time.monotonic() - started:.1f} s: {self._backbone} on '
+            f'{self._device}')
+        return TransitionCallbackReturn.SUCCESS
+
+    def _build_pipeline(self, values, checkpoint, backbone, pretrained):
+        from soft_biometrics_ros.pipeline import Pipeline, PipelineConfig
+
+        config = PipelineConfig(
+            checkpoint=checkpoint or '', backbone=backbone or '', pretrained=pretrained or '',
+            device=values['device'], precision=values['precision'],
+            detection_threshold=float(values['detection_threshold']),
+            min_face_size=int(values['min_face_size']), max_faces=int(values['max_faces']),
+            detection_scale=float(values['detection_scale']))
+        pipeline = Pipeline(config)
+        pipeline.warmup()
+        return pipeline
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Subscribe to the camera and start the inference worker."""
+        self._compressed_input = bool(self.get_parameter('compressed').value)
+        if self._compressed_input:
+            self._subscription = self.create_subscription(
+                CompressedImage, 'image/compressed', self._on_image, qos_profile_sensor_data)
+        else:
+            self._subscription = self.create_subscription(
+                Image, 'image', self._on_image, qos_profile_sensor_data)
+        self._buffer.clear()
+        self._buffer.open()
+        self._stop.clear()
+        self._worker = threading.Thread(target=self._work, name='soft_biometrics_worker',
+                                        daemon=True)
+        self._worker.start()
+        self._state = 'active'
+        self.get_logger().info(
+            f'active: subscribed to {self._subscription.topic_name} '
+            f'({"CompressedImage" if self._compressed_input else "Image"}), max_rate '
+            f'{self._max_rate:g} Hz')
+        return super().on_activate(state)
+
+    def _stop_processing(self) -> None:
+        if self._subscription is not None:
+            self.destroy_subscription(self._subscription)
+            self._subscription = None
+        self._stop.set()
+        self._buffer.close()
+        if self._worker is not None:
+            self._worker.join()
+            self._worker = None
+        self._buffer.clear()
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Stop processing: unsubscribe and stop the worker (the model stays loaded)."""
+        self._stop_processing()
+        self._state = 'inactive'
+        return super().on_deactivate(state)
+
+    def _release(self) -> None:
+        for name in ('_faces_pub', '_debug_pub'):
+            publisher = getattr(self, name)
+            if publisher is not None:
+                self.destroy_lifecycle_publisher(publisher)
+                setattr(self, name, None)
+        with self._model_lock:
+            pipeline, self._pipeline, self._tracker = self._pipeline, None, None
+        device = self._device
+        del pipeline
+        gc.collect()
+        if device.startswith('cuda'):
+            import torch
+            torch.cuda.empty_cache()
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Free the model and the publishers."""
+        self._release()
+        self.stats.reset()
+        self._state = 'unconfigured'
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Stop processing and free everything."""
+        self._stop_processing()
+        self._release()
+        self._state = 'finalized'
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Recover from a failed transition by freeing everything (back to unconfigured)."""
+        self._stop_processing()
+        self._release()
+        self._state = 'unconfigured'
+        return TransitionCallbackReturn.SUCCESS
+
+    # ---- frames ----
+
+    def _on_image(self, msg) -> None:
+        self.stats.record_received()
+        if self._buffer.put(msg):
+            self.stats.record_dropped()
+
+    def _work(self) -> None:
+        next_allowed = 0.0
+        while not self._stop.is_set():
+            msg = self._buffer.take(timeout=0.5, not_before=next_allowed)
+            if msg is None:
+                continue
+            started = time.monotonic()
+            rate = self._max_rate
+            next_allowed = started + (1.0 / rate if rate > 0 else 0.0)
+            try:
+                self.process_frame(msg)
+            except Exception as error:  # a worker that dies silently would look like a hang
+                self._bad_frame('internal', f'processing failed: {type(error).__name__}: '
+                                            f'{error}')
+
+    def _bad_frame(self, kind: str, reason: str) -> None:
+        self.stats.record_bad(kind, reason)
+        now = time.monotonic()
+        if now - self._last_bad_log.get(kind, -1e9) >= BAD_FRAME_LOG_PERIOD_S:
+            self._last_bad_log[kind] = now
+            self.get_logger().warning(
+                f'skipped a bad frame ({kind}): {reason} [{self.stats.bad[kind]} such frames '
+                'so far; this warning is throttled]')
+
+    def process_frame(self, msg) -> Optional[FaceAttributesArray]:
+        """Convert, detect, classify, track and publish one frame; return what was published."""
+        t0 = time.perf_counter()
+        try:
+            image = compressed_to_bgr(msg) if self._compressed_input else imgmsg_to_bgr(msg)
+        except ImageConversionError as error:
+            self._bad_frame(error.kind, str(error))
+            return None
+        t1 = time.perf_counter()
+        with self._model_lock:
+            if self._pipeline is None:
+                return None
+            try:
+                estimates, timings = self._pipeline.process(image, color_order='bgr')
+            except Exception as error:
+                self._bad_frame('inference', f'inference failed on a {image.shape} frame: '
+                                             f'{type(error).__name__}: {error}')
+                return None
+            estimates = self._tracker.update(estimates)
+        t2 = time.perf_counter()
+        out = estimates_to_msg(estimates, msg.header, (image.shape[1], image.shape[0]))
+        faces_pub, debug_pub = self._faces_pub, self._debug_pub
+        if faces_pub is None:
+            return None
+        faces_pub.publish(out)
+        if self._publish_debug and debug_pub is not None and \
+                debug_pub.get_subscription_count() > 0:
+            from soft_biometrics_ros.drawing import draw_estimates
+            debug_pub.publish(bgr_to_imgmsg(draw_estimates(image, estimates), msg.header))
+        t3 = time.perf_counter()
+        latencies = {stage: float(timings.get(stage, 0.0))
+                     for stage in ('detect', 'crop', 'classify')}
+        latencies.update(decode=(t1 - t0) * 1e3, publish=(t3 - t2) * 1e3,
+                         total=(t3 - t0) * 1e3)
+        self.stats.record_processed(latencies, faces=len(estimates))
+        return out
+
+    # ---- diagnostics ----
+
+    def publish_diagnostics(self) -> None:
+        """Publish one DiagnosticArray with the node's state, rates, drops and latencies."""
+        level, message, values = diagnostic_status(
+            self.stats.snapshot(), self._state, self._device, self._backbone, self._error)
+        self._diagnostics_pub.publish(diagnostic_array(
+            self.get_clock().now().to_msg(),
+            f'{self.get_fully_qualified_name().lstrip("/")}: face pipeline',
+            self._device or 'none', level, message, values))
+
+    def close(self) -> None:
+        """Stop the worker and free the model (node exit, any state)."""
+        self._stop_processing()
+        self._release()
+
+
+def main(args=None) -> int:
+    """Entry point of `soft_biometrics_node` and `python -m soft_biometrics_ros.node`."""
+    logging.basicConfig(level=logging.INFO, format='[%(levelname)s] [%(name)s]: %(message)s')
+    profile = use_large_frames_profile()
+    rclpy.init(args=args if args is not None else sys.argv)
+    node = SoftBiometricsNode()
+    if profile:
+        node.get_logger().info(f'Fast DDS profile for large frames: {profile}')
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    try:
+        if node.get_parameter('autostart').value:
+            node.start()
+        else:
+            node.get_logger().info('autostart is false: waiting for lifecycle transitions '
+                                   '(~/change_state)')
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.close()
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
