@@ -133,15 +133,16 @@ PARAMETERS: Tuple[ParameterSpec, ...] = (
                   'instead of image (sensor_msgs/Image).',
                   _bool, 'activate'),
     ParameterSpec('detection_threshold', 0.9,
-                  'Minimum MTCNN face probability in (0, 1] for a face to be reported.',
-                  lambda v: _number(v, 0.0, 1.0, low_open=True), 'configure'),
+                  'Minimum MTCNN face probability in (0, 1) for a face to be reported.',
+                  lambda v: _number(v, 0.0, 1.0, low_open=True, high_open=True), 'configure'),
     ParameterSpec('min_face_size', 40,
-                  'Smallest face side in pixels (of the detection image) MTCNN looks for; '
-                  'an integer >= 12.',
-                  lambda v: _number(v, 12, integer=True), 'configure'),
-    ParameterSpec('max_faces', 10,
-                  'At most this many faces per frame (the most confident ones); integer >= 1.',
+                  'Smallest face side in source-image pixels MTCNN looks for; an integer '
+                  '>= 1.',
                   lambda v: _number(v, 1, integer=True), 'configure'),
+    ParameterSpec('max_faces', 10,
+                  'At most this many faces per frame (the most confident ones); integer '
+                  '>= 0, 0 = no limit.',
+                  lambda v: _number(v, 0, integer=True), 'configure'),
     ParameterSpec('detection_scale', 1.0,
                   'Scale the frame by this factor in (0, 1] before detection (faster on '
                   'large frames); boxes are reported in source pixels.',

@@ -4,13 +4,16 @@
 source image's header; boxes become `sensor_msgs/RegionOfInterest` clipped to the
 image; age, gender and emotion carry their classes and probabilities in the schema
 order of `labels`. `msg_to_dicts` reads such a message back into plain dicts (the
-shape of `FaceEstimate.to_dict`), for the demo, the tests and bag evaluation.
+shape of `FaceEstimate.to_dict`) and `msg_to_estimates` back into FaceEstimates, for
+the demo, the tests and bag evaluation.
 """
 
 from __future__ import annotations
 
 import math
 from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
 
 from sensor_msgs.msg import RegionOfInterest
 from soft_biometrics_msgs.msg import Age, Emotion, FaceAttributes, FaceAttributesArray, Gender
@@ -109,3 +112,22 @@ def msg_to_dicts(msg: FaceAttributesArray) -> List[dict]:
                                                   map(float, face.emotion.probabilities)))},
         })
     return faces
+
+
+def msg_to_estimates(msg: FaceAttributesArray) -> List[FaceEstimate]:
+    """Rebuild FaceEstimates (with face_id) from a FaceAttributesArray, e.g. to draw them.
+
+    Boxes are the ROIs; gender probabilities come from the message's single confidence.
+    A face with UNDEFINED gender gets an even split.
+    """
+    estimates = []
+    for face in msg_to_dicts(msg):
+        probs = {task: [face[task]['probabilities'].get(name, 0.0)
+                        for name in labels.CLASSES[task]] for task in labels.TASKS}
+        if not face['gender']['probabilities']:
+            probs['gender'] = [0.5, 0.5]
+        estimate = FaceEstimate.from_probabilities(face['box'], face['detection_score'],
+                                                   {t: np.asarray(p) for t, p in probs.items()})
+        estimate.face_id = face['face_id'] or None
+        estimates.append(estimate)
+    return estimates

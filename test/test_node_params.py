@@ -55,9 +55,9 @@ def test_bad_run_time_values_are_rejected_with_a_message(node):
 
 @pytest.mark.parametrize('name,value,fragment', [
     ('detection_threshold', 0.0, 'must be > 0.0'),
-    ('detection_threshold', 1.2, '<= 1.0'),
-    ('min_face_size', 5, '>= 12'),
-    ('max_faces', 0, '>= 1'),
+    ('detection_threshold', 1.0, '< 1.0'),
+    ('min_face_size', 0, '>= 1'),
+    ('max_faces', -1, '>= 0'),
     ('detection_scale', 0.0, '> 0.0'),
     ('max_rate', -1.0, '>= 0.0'),
     ('smoothing', 1.0, '< 1.0'),

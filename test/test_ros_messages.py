@@ -8,7 +8,8 @@ from std_msgs.msg import Header
 
 from soft_biometrics_ros import labels
 from soft_biometrics_ros.estimates import FaceEstimate
-from soft_biometrics_ros.ros_messages import box_to_roi, estimates_to_msg, msg_to_dicts
+from soft_biometrics_ros.ros_messages import (box_to_roi, estimates_to_msg, msg_to_dicts,
+                                              msg_to_estimates)
 
 
 def make_estimate(box, seed, face_id=None):
@@ -85,3 +86,13 @@ def test_msg_to_dicts_reads_back_the_estimates():
         np.testing.assert_allclose(list(got['probabilities'].values()), probs[task],
                                    rtol=1e-5)
     assert face['age']['years'] == pytest.approx(estimate.age_years, rel=1e-6)
+
+
+def test_msg_to_estimates_rebuilds_the_estimates():
+    estimate, probs = make_estimate((10, 20, 50, 70), 4, 'f0009')
+    (back,) = msg_to_estimates(estimates_to_msg([estimate], header()))
+    assert back.face_id == 'f0009' and back.box == (10, 20, 50, 70)
+    for task in labels.TASKS:
+        assert back.task(task).label == estimate.task(task).label
+        np.testing.assert_allclose(back.task(task).vector(task), probs[task], rtol=1e-5)
+    assert back.age_years == pytest.approx(estimate.age_years, rel=1e-5)
