@@ -360,6 +360,11 @@ OPTIONS: Tuple[Option, ...] = (
     Option('loss.weights', {task: 1.0 for task in TASKS}, task_weights,
            'per-task weights (fixed strategy; initial weights otherwise)'),
     Option('loss.label_smoothing', 0.0, fraction(0.0, 1.0), 'cross-entropy label smoothing'),
+    Option('loss.dwa_temperature', 2.0, positive_float, 'temperature T of the dwa strategy'),
+    Option('loss.gradnorm_alpha', 1.5, non_negative_float,
+           'asymmetry alpha of the gradnorm strategy'),
+    Option('loss.balancer_lr', None, optional(positive_float),
+           'learning rate of learned loss weights (uncertainty, gradnorm); null = train.lr'),
     # Training.
     Option('train.epochs', 10, positive_int, 'epochs (an epoch = train.samples_per_epoch draws)'),
     Option('train.max_steps', None, optional(positive_int),
@@ -378,6 +383,13 @@ OPTIONS: Tuple[Option, ...] = (
            'draws per epoch (all ranks together); null = training set size'),
     Option('train.seed', 0, integer, 'seed of model init and of the sampler draws'),
     Option('train.log_every', 50, positive_int, 'log every N optimiser steps'),
+    Option('train.eval_every', None, optional(positive_int),
+           'validate every N optimiser steps too (null: at the end of each epoch only)'),
+    Option('train.save_every', 500, optional(positive_int),
+           'save checkpoints/last (with the resume state) every N optimiser steps '
+           '(null: at the end of each epoch only)'),
+    Option('train.resume', True, boolean,
+           'continue from output_dir/checkpoints/last when it exists'),
     # Evaluation.
     Option('eval.split', 'test', choice('val', 'test'), 'split that evaluate reports'),
     Option('eval.batch_size', 128, positive_int, 'evaluation batch size'),
