@@ -209,13 +209,13 @@ def write_fairface(root: str | Path, n_train: int = 9, n_val: int = 4,
 
 def write_lagenda(root: str | Path, n_images: int = 5, with_missing_file: bool = True,
                   with_malformed_line: bool = True, with_unreadable_file: bool = True,
-                  seed: int = 2, face_margin: float = 0.2) -> Expected:
+                  seed: int = 2) -> Expected:
     """Write LAGENDA (lagenda_annotation.csv + images/) under `root`: 2 persons per image.
 
     Ages (years) run over group boundaries (2, 3, 9, 10, ..., 70, 85); genders M, F and
     -1. Also written: a person whose face box is -1 (skipped, no_face_box) and one with
     age and gender -1 (skipped, unlabelled). ``extra['boxes']`` maps keys to the face
-    box grown by `face_margin`.
+    boxes as written.
     """
     root = Path(root)
     rng = np.random.default_rng(seed)
@@ -238,10 +238,9 @@ def write_lagenda(root: str | Path, n_images: int = 5, with_missing_file: bool =
                 GENDERS.index('male' if gender_text == 'M' else 'female')
             targets = (age_to_group_index(years), gender, IGNORE_INDEX)
             canvas[y0:y1, x0:x1] = paint_face(rng, targets, (y1 - y0, x1 - x0))
-            dx, dy = (x1 - x0) * face_margin, (y1 - y0) * face_margin
             rows.append(([name, str(years), gender_text, str(x0), str(y0), str(x1), str(y1),
                           str(x0), '0', str(x1), str(size)],
-                         (targets, float(years), (x0 - dx, y0 - dy, x1 + dx, y1 + dy))))
+                         (targets, float(years), (x0, y0, x1, y1))))
         save_jpeg(root / name, canvas)
     tail = ['0', '0', '40', '90']  # person box of the defect rows
     rows.append((['images/000000.jpg', '30', 'M', '-1', '-1', '-1', '-1', *tail], None))

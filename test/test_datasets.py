@@ -65,16 +65,21 @@ def test_rafdb_70_plus_maps_only_when_asked(written):
     assert plain.report.notes.total() == 0
 
 
-def test_lagenda_keeps_years_and_grows_the_face_box(written):
+def test_lagenda_keeps_years_and_crops_faces_as_the_node_does(written):
     expected = written['lagenda']
-    data = read_source('lagenda', expected.root)
+    data = read_source('lagenda', expected.root, face_margin=0.2)
     for sample in data.samples:
         assert sample.age_years == expected.age_years[sample.key]
-        assert sample.box == pytest.approx(expected.extra['boxes'][sample.key])
-    first = next(s for s in data.samples if s.box[0] < 0)  # the left face: box leaves the image
-    face = load_face(first)
-    x0, y0, x1, y1 = first.box
-    assert face.shape == (math.ceil(y1) - math.floor(y0), math.ceil(x1), 3)  # clipped at x=0
+        assert sample.box == expected.extra['boxes'][sample.key] and sample.margin == 0.2
+    left = next(s for s in data.samples if s.box[0] == 4)  # 40x40 face at x = 4..44
+    face = load_face(left)
+    # a square of side 40 * (1 + 2 * 0.2) = 56 centred on the box: x from -4 to 52,
+    # so its first 4 columns lie outside the image and are black
+    assert face.shape == (56, 56, 3)
+    assert face[:, :3].max() == 0 and face[:, 8:].max() > 0
+    painted = datagen.paint_face(np.random.default_rng(0), left.targets, (40, 40))
+    age_colour = painted[0, 0]  # the top band of a generated face is its age colour
+    np.testing.assert_allclose(face[12, 28], age_colour, atol=12)
 
 
 def test_celeba_without_mapping_has_no_official_split(tmp_path):

@@ -5,7 +5,8 @@ import textwrap
 import pytest
 
 from training import cli
-from training.config import (OPTIONS, ConfigError, load_config, make_config, parse_overrides)
+from training.config import (OPTIONS, ConfigError, check_method, load_config, make_config,
+                             parse_overrides)
 
 from conftest import REPO_ROOT
 
@@ -184,3 +185,13 @@ def test_cli_lists_keys(capsys):
     assert cli.main(['--list-keys']) == 0
     out = capsys.readouterr().out
     assert '`train.batch_size`' in out and '`data.rafdb.root`' in out
+
+
+def test_method_options_are_checked_by_the_adapter_registry():
+    cfg = load_config(TINY, ['method.name=lora', 'method.options.rank=4'])
+    check_method(cfg)  # valid: passes
+    with pytest.raises(ConfigError) as error:
+        check_method(cfg.updated(['method.options.rnak=4']))
+    assert 'method.options (method lora)' in str(error.value) and 'rnak' in str(error.value)
+    with pytest.raises(ConfigError, match='rank'):
+        check_method(cfg.updated(['method.options.rank=0']))

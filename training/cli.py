@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
-from training.config import ConfigError, describe_options, load_config
+from training.config import ConfigError, check_method, describe_options, load_config
 
 LOGGER = logging.getLogger('training')
 
@@ -40,17 +40,20 @@ class Command:
     help: str
     needs_checkpoint: bool = False
     takes_output: bool = False
+    checks_method: bool = False
 
 
 COMMANDS: Dict[str, Command] = {
     'stats': Command('training.stats', 'run',
                      'class counts per data set; raw vs balanced-sampler shares'),
-    'train': Command('training.trainer', 'run', 'adapt PE-Core with the configured method'),
+    'train': Command('training.trainer', 'run', 'adapt PE-Core with the configured method',
+                     checks_method=True),
     'evaluate': Command('training.evaluation', 'run', 'metrics of a checkpoint',
                         needs_checkpoint=True),
     'zero-shot': Command('training.evaluation', 'run_zero_shot',
                          'metrics of the zero-shot CLIP baseline'),
-    'compare': Command('training.compare', 'run', 'run or collect every method; study table'),
+    'compare': Command('training.compare', 'run', 'run or collect every method; study table',
+                       checks_method=True),
     'export': Command('training.export', 'run', 'deployable checkpoint for the node',
                       needs_checkpoint=True, takes_output=True),
 }
@@ -129,6 +132,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(cfg.to_yaml(), end='')
             return 0
         function = resolve(args.command)
+        if command.checks_method:
+            check_method(cfg)
         call_args: List = [cfg]
         if command.needs_checkpoint:
             checkpoint = Path(args.checkpoint)

@@ -33,7 +33,7 @@ import yaml
 from soft_biometrics_ros.labels import TASKS
 
 __all__ = ['ConfigError', 'Config', 'Option', 'OPTIONS', 'METHOD_NAMES', 'DATASET_NAMES',
-           'load_config', 'make_config', 'parse_overrides', 'default_config']
+           'load_config', 'make_config', 'parse_overrides', 'default_config', 'check_method']
 
 
 class ConfigError(ValueError):
@@ -318,8 +318,8 @@ OPTIONS: Tuple[Option, ...] = (
     Option('data.lagenda.image_dir', '', relative_folder,
            'folder (relative to root) img_name is relative to'),
     Option('data.lagenda.face_margin', 0.2, fraction(0.0, 2.0, True),
-           'face box grown by this fraction of its size on each side before cropping '
-           '(keep equal to the node pipeline margin)'),
+           'face crop margin on every side, as a fraction of the box\'s longer side, as '
+           'the node crops faces (keep equal to the node\'s margin)'),
     Option('data.celeba_hq.root', None, folder,
            'CelebAMask-HQ folder with CelebAMask-HQ-attribute-anno.txt and CelebA-HQ-img/'),
     Option('data.celeba_hq.official_split', True, boolean,
@@ -654,6 +654,28 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
         raise ConfigError(f'config file {path} must hold a mapping of sections, '
                           f'got {type(data).__name__}')
     return make_config(data, overrides, source=str(path))
+
+
+def check_method(cfg: Config) -> None:
+    """Validate ``method.name``/``method.options`` and ``compare.methods`` with the registry.
+
+    Uses soft_biometrics_ros.adapters (its config dataclasses name the bad field);
+    that imports torch and peft, so only commands that build models call this (the CLI
+    does for ``train`` and ``compare``). Raises ConfigError naming the key.
+    """
+    from soft_biometrics_ros.adapters import list_methods, method_config
+
+    registered = list_methods()
+    for key, names in (('method.name', [cfg.method.name]), ('compare.methods',
+                                                            cfg.compare.methods)):
+        for name in names:
+            if name not in registered:
+                raise ConfigError(f'{key}: method {name!r} is not in the adapter registry '
+                                  f'({", ".join(registered)})')
+    try:
+        method_config(cfg.method.name, cfg.method.options)
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f'method.options (method {cfg.method.name}): {error}') from None
 
 
 def describe_options() -> str:

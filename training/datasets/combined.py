@@ -24,7 +24,6 @@ bad file never stops training.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -33,6 +32,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from soft_biometrics_ros.detection import Detection, crop_faces
 from soft_biometrics_ros.labels import IGNORE_INDEX, TASKS
 from training.config import DATASET_NAMES
 
@@ -44,22 +44,21 @@ MAX_REPLACEMENTS = 16
 
 
 def load_face(sample: Sample) -> np.ndarray:
-    """Return the sample's face as an RGB uint8 array (H, W, 3), cropped to its box.
+    """Return the sample's face as an RGB uint8 array (H, W, 3).
 
-    The box is clipped to the image; raises OSError/ValueError when the file cannot be
-    decoded or the clipped box is empty.
+    Without a box, the whole image. With one, the node's face crop
+    (soft_biometrics_ros.detection.crop_faces with the sample's margin) at the crop's
+    own resolution: a square of side round(max(w, h) x (1 + 2 margin)). Raises
+    OSError/ValueError when the file cannot be decoded.
     """
     with Image.open(sample.path) as image:
         rgb = np.array(image.convert('RGB'))  # a writable copy (torch warns on read-only)
     if sample.box is None:
         return rgb
-    height, width = rgb.shape[:2]
     x0, y0, x1, y1 = sample.box
-    left, top = max(0, int(math.floor(x0))), max(0, int(math.floor(y0)))
-    right, bottom = min(width, int(math.ceil(x1))), min(height, int(math.ceil(y1)))
-    if right <= left or bottom <= top:
-        raise ValueError(f'face box {sample.box} lies outside the {width}x{height} image')
-    return rgb[top:bottom, left:right]
+    side = max(x1 - x0, y1 - y0, 1.0) * (1.0 + 2.0 * sample.margin)
+    detection = Detection(box=tuple(sample.box), score=1.0, landmarks=None)
+    return crop_faces(rgb, [detection], max(1, int(round(side))), margin=sample.margin)[0]
 
 
 class CombinedDataset(Dataset):

@@ -57,9 +57,11 @@ class Sample:
     IGNORE_INDEX where unlabelled. source: data set name. split: 'train'/'val'/'test'
     (None until :func:`assign_splits` for data sets without an official split).
     key: the entry's id in its data set (file name, csv row). group: the image path
-    relative to the data set root (splits never separate a group). box: crop box
-    (x0, y0, x1, y1) in pixels, margin included, or None for the whole image.
-    age_years: the age in years where the data set gives it, else NaN.
+    relative to the data set root (splits never separate a group). box: face box
+    (x0, y0, x1, y1) in pixels, or None to use the whole image; margin: the face is
+    then cropped as the node crops faces (soft_biometrics_ros.detection.crop_faces:
+    the square centred on the box, of side max(w, h) x (1 + 2 margin), black outside
+    the image). age_years: the age in years where the data set gives it, else NaN.
     """
 
     path: str
@@ -69,6 +71,7 @@ class Sample:
     key: str
     group: str
     box: Optional[Tuple[float, float, float, float]] = None
+    margin: float = 0.0
     age_years: float = math.nan
 
     def label(self, task: str) -> int:

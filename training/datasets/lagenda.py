@@ -7,9 +7,10 @@ Layout as distributed (MiVOLO's lagenda_benchmark_images.zip + lagenda_annotatio
     <img_name>              images, relative to root (or to data.lagenda.image_dir)
 
 Several rows may share one image (one per person). A row whose face box is -1 (a
-person whose face is not visible) is skipped as ``no_face_box``. The face box is grown
-by ``face_margin`` of its width/height on each side (clipped to the image when
-loaded), like the node's face crops.
+person whose face is not visible) is skipped as ``no_face_box``. Faces are cropped
+exactly as the node crops detected faces (soft_biometrics_ros.detection.crop_faces):
+the square centred on the face box, of side max(w, h) x (1 + 2 ``face_margin``), black
+outside the image; keep ``data.lagenda.face_margin`` equal to the node's ``margin``.
 
 Mapping onto the schema (soft_biometrics_ros.labels):
 
@@ -41,14 +42,6 @@ REQUIRED_COLUMNS = ('img_name', 'age', 'gender', 'face_x0', 'face_y0', 'face_x1'
 LAGENDA_GENDERS = {'M': 'male', 'F': 'female'}
 MISSING = '-1'
 MAX_AGE_YEARS = 120
-
-
-def grow_box(box: Tuple[float, float, float, float],
-             margin: float) -> Tuple[float, float, float, float]:
-    """Return (x0, y0, x1, y1) grown by `margin` x width / height on each side."""
-    x0, y0, x1, y1 = box
-    dx, dy = (x1 - x0) * margin, (y1 - y0) * margin
-    return (x0 - dx, y0 - dy, x1 + dx, y1 + dy)
 
 
 def _parse_row(row: dict) -> Tuple[str, float, int, int, Tuple[float, float, float, float]]:
@@ -116,7 +109,7 @@ def read_lagenda(root: str | Path, image_dir: str = '', face_margin: float = 0.2
                 continue
             sample = Sample(path=str(images / name), targets=make_targets(age=age, gender=gender),
                             source=NAME, split=None, key=f'{name}#{number}', group=name,
-                            box=grow_box(box, face_margin), age_years=years)
+                            box=box, margin=face_margin, age_years=years)
             candidates.append((sample, where))
     samples = keep_readable(candidates, report, verify_images, progress, NAME,
                             'data.lagenda.image_dir (or data.lagenda.root)')
