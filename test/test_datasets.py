@@ -1,6 +1,7 @@
 """Data set readers on tiny data sets written in each real format, splits, the combined set."""
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -129,8 +130,7 @@ def test_carved_splits_are_seeded_stable_and_keep_images_together(written):
 def test_official_splits_stay_and_val_is_carved_from_train_only(written):
     data = read_source('rafdb', written['rafdb'].root)
     samples = data.samples * 40  # many entries so val is not empty by chance
-    samples = [s.__class__(**{**s.__dict__, 'group': f'{s.group}{i}'})
-               for i, s in enumerate(samples)]
+    samples = [replace(s, group=f'{s.group}{i}') for i, s in enumerate(samples)]
     final = assign_splits(samples, 0.25, 0.5, seed=0, official_val=False)
     for before, after in zip(samples, final):
         if before.split == 'test':
@@ -200,7 +200,7 @@ def test_an_image_that_fails_to_load_is_replaced_and_counted(tmp_path, written):
     broken = tmp_path / 'truncated.jpg'
     whole = open(samples[0].path, 'rb').read()
     broken.write_bytes(whole[:len(whole) // 3])  # header intact, pixels cut off
-    samples[0] = samples[0].__class__(**{**samples[0].__dict__, 'path': str(broken)})
+    samples[0] = replace(samples[0], path=str(broken))
     dataset = CombinedDataset(samples, EvalTransform(preprocess_for('PE-Core-T-16-384', 32)))
     item = dataset[0]
     assert dataset.load_failures == 1

@@ -1,5 +1,6 @@
 """Training configuration and command line: defaults, overrides, errors naming keys, dispatch."""
 
+import pickle
 import textwrap
 
 import pytest
@@ -111,6 +112,12 @@ def test_saved_config_loads_back_equal(tmp_path):
     cfg = load_config(TINY, ['method.options.rank=4', 'data.rafdb.root=/data/raf'])
     again = load_config(cfg.save(tmp_path / 'resolved.yaml'))
     assert again == cfg
+
+
+def test_config_survives_pickling_for_worker_processes():
+    cfg = load_config(TINY, ['method.options.rank=4'])
+    again = pickle.loads(pickle.dumps(cfg))
+    assert again == cfg and again.source == cfg.source and again.method.options == {'rank': 4}
 
 
 def test_parse_overrides_keeps_everything_after_the_first_equals_sign():
