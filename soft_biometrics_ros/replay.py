@@ -42,43 +42,7 @@ LOGGER = logging.getLogger('soft_biometrics_replay')
 
 PROFILE_ENV = 'FASTDDS_DEFAULT_PROFILES_FILE'
 PROFILE_NAME = 'large_frames.xml'
-PACKAGE = 'soft_biometrics_ros'
 SETTLE_SECONDS = 0.5
-
-
-def large_frames_profile() -> Optional[Path]:
-    """Return the package's fastdds/large_frames.xml (installed share, else sources)."""
-    candidates = []
-    try:
-        from ament_index_python.packages import (
-            PackageNotFoundError, get_package_share_directory)
-        try:
-            candidates.append(Path(get_package_share_directory(PACKAGE)) / 'fastdds')
-        except PackageNotFoundError:
-            pass
-    except ImportError:
-        pass
-    candidates.append(Path(__file__).resolve().parents[1] / 'fastdds')
-    for folder in candidates:
-        if (folder / PROFILE_NAME).is_file():
-            return folder / PROFILE_NAME
-    return None
-
-
-def use_large_frames_profile() -> Optional[str]:
-    """Point Fast DDS at the large-frame profile unless the user chose a profile.
-
-    Must run before rclpy.init(). Returns the profile in effect (None: none found).
-    """
-    if os.environ.get(PROFILE_ENV):
-        return os.environ[PROFILE_ENV]
-    profile = large_frames_profile()
-    if profile is None:
-        LOGGER.warning('fastdds/%s not found: frames over 512 KiB may be dropped between '
-                       'processes; set %s', PROFILE_NAME, PROFILE_ENV)
-        return None
-    os.environ[PROFILE_ENV] = str(profile)
-    return str(profile)
 
 
 @dataclass
@@ -335,8 +299,10 @@ class BagPlayer:
 
 def replay(config: ReplayConfig, args: Optional[Sequence[str]] = None) -> ReplaySummary:
     """Start ROS (with the large-frame profile), play the bag, shut ROS down."""
-    profile = use_large_frames_profile()
-    LOGGER.info('Fast DDS profile: %s', profile or 'none (Fast DDS defaults)')
+    # The node's own helper: the same profile, the same rules (a user's choice wins).
+    from soft_biometrics_ros.node import use_large_frames_profile
+    use_large_frames_profile()
+    LOGGER.info('Fast DDS profile: %s', os.environ.get(PROFILE_ENV) or 'none (defaults)')
     import rclpy
     rclpy.init(args=args)
     node = rclpy.create_node('soft_biometrics_replay')
