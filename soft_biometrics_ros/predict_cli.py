@@ -206,6 +206,17 @@ class Predictor:
         self._pipeline = pipeline
         self.summary = Summary()
         self.annotated_dir = Path(args.save_annotated) if args.save_annotated else None
+        self._written: set = set()
+
+    def _annotated_path(self, name: str) -> Path:
+        """Return DIR/name, numbered (name_1.jpg, ...) if this run already wrote it."""
+        target = self.annotated_dir / name
+        number = 0
+        while target in self._written:
+            number += 1
+            target = self.annotated_dir / f'{Path(name).stem}_{number}{Path(name).suffix}'
+        self._written.add(target)
+        return target
 
     @property
     def pipeline(self):
@@ -252,10 +263,13 @@ class Predictor:
         self._emit(str(path), None, None, image, estimates, timings)
         if self.annotated_dir is not None:
             from soft_biometrics_ros.drawing import draw_estimates
-            target = self.annotated_dir / path.name
-            if not cv2.imwrite(str(target), draw_estimates(image, estimates)):
-                target = target.with_suffix('.png')
-                cv2.imwrite(str(target), draw_estimates(image, estimates))
+            drawn = draw_estimates(image, estimates)
+            target = self._annotated_path(path.name)
+            if not _imwrite(target, drawn):
+                # A suffix OpenCV cannot encode (e.g. .jp2 without codec): fall back to PNG.
+                target = self._annotated_path(path.stem + '.png')
+                if not _imwrite(target, drawn):
+                    raise OSError(f'cannot write the annotated image {target}')
 
     def _video(self, path: Path) -> None:
         every_n = max(1, self.args.every_n_frames)
@@ -278,7 +292,7 @@ class Predictor:
                 writer.release()
 
     def _video_writer(self, path: Path, frame: np.ndarray, fps: float):
-        target = self.annotated_dir / f'{path.stem}_annotated.avi'
+        target = self._annotated_path(f'{path.stem}_annotated.avi')
         writer = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*'MJPG'),
                                  fps if fps > 0 else 10.0, (frame.shape[1], frame.shape[0]))
         if not writer.isOpened():
@@ -299,6 +313,14 @@ class Predictor:
         else:
             self.out.write(format_table(source, frame, estimates, timings) + '\n')
         self.out.flush()
+
+
+def _imwrite(path: Path, image: np.ndarray) -> bool:
+    """Write `image` to `path`; return False when OpenCV cannot encode that format."""
+    try:
+        return bool(cv2.imwrite(str(path), image))
+    except cv2.error:
+        return False
 
 
 def format_table(source: str, frame: Optional[int], estimates, timings) -> str:

@@ -121,17 +121,20 @@ def test_bad_options_are_usage_errors(media):
 
 def test_table_on_the_terminal_and_annotated_image(media, tmp_path, capsys):
     annotated = tmp_path / 'annotated'
-    status = main([str(media['image']), '--save-annotated', str(annotated), '--align',
-                   '--no-progress', *MODEL_ARGS])
+    # The same name twice: the second annotated copy must not overwrite the first.
+    status = main([str(media['image']), str(media['image']), '--save-annotated',
+                   str(annotated), '--align', '--no-progress', *MODEL_ARGS])
     assert status == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
+    assert len(lines) == 2 * 3
     assert lines[0].startswith(str(media['image'])) and '1 face' in lines[0]
     assert 'age' in lines[1] and 'gender' in lines[1] and 'emotion' in lines[1]
     row = lines[2].split()
     assert row[0] == '0' and row[3] in labels.AGE_GROUPS
     assert any(g in lines[2] for g in labels.GENDERS)
     assert any(e in lines[2] for e in labels.EMOTIONS)
+    assert sorted(p.name for p in annotated.iterdir()) == ['astronaut.jpg', 'astronaut_1.jpg']
     drawn = cv2.imread(str(annotated / 'astronaut.jpg'))
     assert drawn.shape == (512, 512, 3)
     assert np.abs(drawn.astype(int) - sample_data.astronaut_bgr()).max() > 100
