@@ -166,8 +166,10 @@ class SoftBiometricsNode(LifecycleNode):
     def __init__(self, **kwargs):
         super().__init__(NODE_NAME, **kwargs)
         for spec in PARAMETERS:
+            # dynamic_typing: a YAML `max_rate: 5` (an int) must not crash the node at
+            # start; every value is checked by node_params with a clear message instead.
             self.declare_parameter(spec.name, spec.default, ParameterDescriptor(
-                description=spec.description))
+                description=spec.description, dynamic_typing=True))
         self.stats = FrameStats()
         self._state = 'unconfigured'
         self._error = ''
@@ -481,7 +483,11 @@ def main(args=None) -> int:
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:
-        if node.get_parameter('autostart').value:
+        autostart = node.get_parameter('autostart').value
+        problem = check_parameter('autostart', autostart)
+        if problem:
+            node.get_logger().error(f'{problem}; not starting by itself')
+        elif autostart:
             node.start()
         else:
             node.get_logger().info('autostart is false: waiting for lifecycle transitions '

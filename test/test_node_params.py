@@ -86,3 +86,29 @@ def test_model_source_resolution():
     assert resolve_model_source('', 'PE-Core-T-16-384', 'none') == \
         (None, 'PE-Core-T-16-384', 'none')
     assert resolve_model_source('/ckpt', '', '') == ('/ckpt', None, None)
+
+
+def test_int_for_a_double_is_accepted_and_wrong_types_rejected(node):
+    (result,) = node.set_parameters([Parameter('max_rate', value=5)])
+    assert result.successful and node._max_rate == 5.0
+    (result,) = node.set_parameters([Parameter('tracking', value='yes')])
+    assert not result.successful and 'tracking must be of type bool' in result.reason
+    node.set_parameters([Parameter('max_rate', value=DEFAULTS['max_rate'])])
+
+
+def test_invalid_start_values_fail_configure_with_a_message():
+    from rclpy.lifecycle import TransitionCallbackReturn
+
+    from soft_biometrics_ros.node import SoftBiometricsNode
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    try:
+        node = SoftBiometricsNode(context=context, parameter_overrides=[
+            Parameter('smoothing', value=3.0), Parameter('min_face_size', value='big'),
+            Parameter('autostart', value=False)])
+        assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
+        assert 'parameter smoothing = 3.0 must be < 1.0' in node._error
+        assert 'min_face_size must be of type int' in node._error
+        node.destroy_node()
+    finally:
+        rclpy.shutdown(context=context)
