@@ -2,8 +2,10 @@
 
 One node subprocess for the module, driven through ~/change_state: a checkpoint that
 cannot be loaded fails configure cleanly (node alive, unconfigured, ERROR in
-/diagnostics); then zero-shot configure, activate, compressed input (JPEG, PNG,
-corrupt and truncated JPEG), deactivate, cleanup, shutdown, and a clean exit.
+/diagnostics); then a real checkpoint (a PE-Core-T multitask model with random weights,
+written by save_checkpoint) is configured and activated, compressed input (JPEG, PNG,
+corrupt and truncated JPEG) after a reactivation, deactivate, cleanup, configure again,
+shutdown, and a clean exit. (test_node.py runs the zero-shot path.)
 """
 
 import json
@@ -29,6 +31,17 @@ def graph(tmp_path_factory):
         client.close()
         code = stop_node(process)
         assert code == 0, f'node exited with {code}:\n{log_path.read_text()[-3000:]}'
+
+
+@pytest.fixture(scope='module')
+def checkpoint(tmp_path_factory):
+    """A real checkpoint directory: PE-Core-T multitask model, random weights."""
+    from soft_biometrics_ros.checkpoint import save_checkpoint
+    from soft_biometrics_ros.model import build_multitask_model
+    model = build_multitask_model('PE-Core-T-16-384', 'none', device='cpu')
+    path = save_checkpoint(model, tmp_path_factory.mktemp('checkpoint') / 'random_t')
+    del model
+    return path
 
 
 @pytest.fixture(scope='module')
@@ -58,15 +71,16 @@ def test_unloadable_checkpoint_fails_configure_cleanly(graph, broken_checkpoint)
     assert process.poll() is None, 'node died on a bad checkpoint'
     status = client.latest_diagnostics(after=time.monotonic(), timeout=5)
     assert status.level == bytes([2]) and str(broken_checkpoint) in status.message
+    assert 'manifest' in status.message  # the loader's reason reaches the user
     assert 'configure failed: could not load checkpoint' in log_path.read_text()
     # A path that is not a directory is refused before loading anything.
     (result,) = client.set_parameters(checkpoint='/no/such/checkpoint')
     assert not result.successful and 'is not a directory' in result.reason
 
 
-def test_configure_and_activate_after_fixing_the_parameter(graph):
-    client, _, _ = graph
-    (result,) = client.set_parameters(checkpoint='')
+def test_configure_and_activate_after_fixing_the_parameter(graph, checkpoint):
+    client, _, log_path = graph
+    (result,) = client.set_parameters(checkpoint=str(checkpoint))
     assert result.successful
     assert client.change_state('configure') is True
     assert client.get_state() == 'inactive'
@@ -83,6 +97,7 @@ def test_configure_and_activate_after_fixing_the_parameter(graph):
     assert answer is not None and len(answer.faces) >= 1
     status = client.latest_diagnostics(after=time.monotonic(), timeout=5)
     assert status.level == bytes([0]), status.message
+    assert f'loading checkpoint {checkpoint}' in log_path.read_text()
 
 
 def test_compressed_input_after_reactivation(graph):
