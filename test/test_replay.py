@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import rclpy
 from rclpy.qos import qos_profile_sensor_data
+from rosbags.rosbag2 import Reader
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image
 
@@ -89,3 +90,80 @@ def test_missing_topic_is_a_clear_error(tmp_path):
                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert '/nope is not in bag' in result.stderr and '/camera/image_raw' in result.stderr
+
+
+def _faces_by_stamp(path):
+    """{header stamp ns: FaceAttributesArray} of the faces topic of a bag, read with rosbags."""
+    store = bag_io.typestore()
+    with Reader(path) as reader:
+        connections = [c for c in reader.connections if c.topic == bag_io.DEFAULT_FACES_TOPIC]
+        messages = [store.deserialize_cdr(raw, c.msgtype)
+                    for c, _, raw in reader.messages(connections)]
+    return {bag_io.stamp_to_ns(m.header.stamp): m for m in messages}
+
+
+def _assert_same_answer(live, offline, tolerance=2e-4):
+    # Two different random models differ by ~1e-2 here; the same weights by float noise.
+    assert len(live.faces) == len(offline.faces) >= 1
+    key = lambda f: (f.roi.x_offset, f.roi.y_offset)  # noqa: E731
+    for a, b in zip(sorted(live.faces, key=key), sorted(offline.faces, key=key)):
+        assert a.face_id  # the node tracks; offline answers carry no id
+        for field in ('x_offset', 'y_offset', 'width', 'height'):
+            assert abs(getattr(a.roi, field) - getattr(b.roi, field)) <= 1, field
+        assert a.detection_confidence == pytest.approx(b.detection_confidence, abs=tolerance)
+        for x, y, names in ((a.age, b.age, 'groups'), (a.emotion, b.emotion, 'emotions')):
+            assert list(getattr(x, names)) == list(getattr(y, names))
+            assert np.allclose(x.probabilities, y.probabilities, atol=tolerance)
+            top2 = np.sort(np.asarray(y.probabilities))[-2:]
+            if top2[1] - top2[0] > 2 * tolerance:  # a clear winner must be the same one
+                assert (x.group if names == 'groups' else x.emotion) == \
+                    (y.group if names == 'groups' else y.emotion)
+        assert a.age.years == pytest.approx(b.age.years, abs=0.1)
+        assert a.gender.confidence == pytest.approx(b.gender.confidence, abs=tolerance)
+        if b.gender.confidence > 0.5 + tolerance:
+            assert a.gender.gender == b.gender.gender
+
+
+def test_replay_into_the_node_records_what_offline_eval_computes(tmp_path):
+    from node_graph import IMAGE_TOPIC, start_node, stop_node
+    from soft_biometrics_ros import bag_eval
+    from soft_biometrics_ros.checkpoint import save_checkpoint
+    from soft_biometrics_ros.model import build_multitask_model
+
+    # One set of random weights for both sides: a checkpoint (random backbones are stored).
+    checkpoint = tmp_path / 'checkpoint'
+    save_checkpoint(build_multitask_model('PE-Core-T-16-384', 'none', device='cpu'), checkpoint)
+    bag = tmp_path / 'session'
+    written = write_frames_bag(bag, face_frames(3, side=256), storage='sqlite3', corrupt_at=1)
+    log = tmp_path / 'node.log'
+    # Smoothing off and no rate limit: the node's answers are the pipeline's, frame by frame.
+    node = start_node(log, '-p', f'checkpoint:={checkpoint}', '-p', 'smoothing:=0.0',
+                      '-p', 'max_rate:=0.0')
+    try:
+        offline = tmp_path / 'offline'
+        assert bag_eval.main([str(bag), '--output', str(offline), '--checkpoint',
+                              str(checkpoint), '--device', 'cpu', '--max-faces', '10',
+                              '--no-progress']) == 0
+        recorded = tmp_path / 'answers'
+        result = subprocess.run(
+            _replay_cmd(bag, '--output-topic', IMAGE_TOPIC, '--record-faces', recorded,
+                        '--lockstep', '--answer-timeout', 8, '--wait-for-subscriber', 300),
+            cwd=REPO_ROOT, capture_output=True, text=True, timeout=480)
+    finally:
+        code = stop_node(node)
+    assert result.returncode == 0, result.stderr + log.read_text()[-3000:]
+    assert code == 0, log.read_text()[-3000:]
+    assert 'published 4 frames' in result.stdout
+    # The corrupt frame gets no answer (the node skips it); every photo frame gets one.
+    assert 'recorded 3 answers' in result.stdout and '1 awaited answer(s) missing' in \
+        result.stdout
+    live = _faces_by_stamp(recorded)
+    offline_answers = _faces_by_stamp(offline / bag_eval.OUTPUT_BAG_NAME)
+    photo_stamps = [w[1] for w in written if not w[2]]
+    assert sorted(live) == sorted(offline_answers) == photo_stamps
+    with bag_io.BagReader(recorded) as answers:
+        assert answers.storage == 'sqlite3'
+        assert answers.topics == {bag_io.DEFAULT_FACES_TOPIC: bag_io.FACES_MSGTYPE}
+    for stamp in photo_stamps:
+        assert live[stamp].header.frame_id == offline_answers[stamp].header.frame_id == 'camera'
+        _assert_same_answer(live[stamp], offline_answers[stamp])
