@@ -210,3 +210,24 @@ def test_flood_of_frames_drops_stale_ones_without_growing_memory_or_latency(grap
     # Memory settles: the second half of the flood adds (almost) nothing.
     half = len(rss) // 2
     assert max(rss[half:]) - max(rss[:half]) < 64, rss
+
+
+def test_max_rate_caps_processing(graph):
+    client, _, _ = graph
+    (result,) = client.set_parameters(max_rate=1.0)
+    assert result.successful
+    frame = astronaut_bgr()
+    stamps = []
+    started = time.monotonic()
+    i = 0
+    while time.monotonic() - started < 4.0:  # 20 Hz for 4 s
+        stamp = (4000, i)
+        client.publish(bgr_msg(frame, stamp))
+        stamps.append(stamp)
+        i += 1
+        time.sleep(0.05)
+    client.wait_for(lambda: client.faces.get(stamps[-1]), 15)
+    answered = [s for s in stamps if s in client.faces]
+    client.set_parameters(max_rate=0.0)
+    # at most one frame per second (+1 for the frame taken at the start of the window)
+    assert 1 <= len(answered) <= 6, answered
