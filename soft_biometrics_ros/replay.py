@@ -182,7 +182,10 @@ class BagPlayer:
     def _spin_until(self, deadline: float, done=lambda: False) -> bool:
         """Spin (answers, clock) until `done()` or the monotonic `deadline`; return done()."""
         import rclpy
+        from rclpy.executors import ExternalShutdownException
         while not done():
+            if not rclpy.ok():  # Ctrl-C: rclpy's signal handler shut the context down
+                raise ExternalShutdownException()
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return done()
@@ -304,14 +307,15 @@ def replay(config: ReplayConfig, args: Optional[Sequence[str]] = None) -> Replay
     use_large_frames_profile()
     LOGGER.info('Fast DDS profile: %s', os.environ.get(PROFILE_ENV) or 'none (defaults)')
     import rclpy
+    from rclpy.executors import ExternalShutdownException
     rclpy.init(args=args)
     node = rclpy.create_node('soft_biometrics_replay')
     player = None
     try:
         player = BagPlayer(node, config)
         return player.play()
-    except KeyboardInterrupt:
-        LOGGER.info('interrupted')
+    except (KeyboardInterrupt, ExternalShutdownException):
+        LOGGER.info('interrupted: closing the bags')
         return player.summary if player else ReplaySummary(topic='')
     finally:
         if player is not None:

@@ -2,6 +2,7 @@
 recording the real node's answers, which must match the offline evaluation of the same bag."""
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -68,6 +69,35 @@ def test_replay_timing_clock_remap_offset_and_large_frames(tmp_path):
     clock_ns = [bag_io.stamp_to_ns(c.clock) for c in clocks]
     assert clock_ns == sorted(clock_ns)
     assert written[1][0] <= clock_ns[0] and clock_ns[-1] <= written[-1][0] + PERIOD_NS
+
+
+def test_loop_until_interrupted(tmp_path):
+    bag = tmp_path / 'bag'
+    written = write_frames_bag(bag, face_frames(2, side=64), storage='sqlite3',
+                               extra_topic=False)
+    rclpy.init()
+    node = rclpy.create_node('loop_listener')
+    got = []
+    node.create_subscription(Image, '/camera/image_raw',
+                             lambda m: got.append(bag_io.stamp_to_ns(m.header.stamp)),
+                             qos_profile_sensor_data)
+    player = subprocess.Popen(_replay_cmd(bag, '--loop', '--rate', 4, '--wait-for-subscriber', 30),
+                              cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while len(got) < 7 and player.poll() is None and time.monotonic() < deadline:
+            rclpy.spin_once(node, timeout_sec=0.05)
+        player.send_signal(signal.SIGINT)  # Ctrl-C ends a loop
+        out, err = player.communicate(timeout=30)
+    finally:
+        if player.poll() is None:
+            player.kill()
+        node.destroy_node()
+        rclpy.shutdown()
+    assert player.returncode == 0, err
+    assert len(got) >= 7 and got[:4] == [w[1] for w in written] * 2
+    assert 'loops)' in out and 'interrupted' in err
 
 
 def test_config_errors_and_help():
@@ -149,6 +179,12 @@ def test_replay_into_the_node_records_what_offline_eval_computes(tmp_path):
             _replay_cmd(bag, '--output-topic', IMAGE_TOPIC, '--record-faces', recorded,
                         '--lockstep', '--answer-timeout', 8, '--wait-for-subscriber', 300),
             cwd=REPO_ROOT, capture_output=True, text=True, timeout=480)
+        # Recorded timing (no lockstep): a busy node may drop frames, never the last one.
+        timed = tmp_path / 'timed_answers'
+        timed_result = subprocess.run(
+            _replay_cmd(bag, '--output-topic', IMAGE_TOPIC, '--record-faces', timed,
+                        '--storage', 'mcap', '--answer-timeout', 60),
+            cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     finally:
         code = stop_node(node)
     assert result.returncode == 0, result.stderr + log.read_text()[-3000:]
@@ -167,3 +203,10 @@ def test_replay_into_the_node_records_what_offline_eval_computes(tmp_path):
     for stamp in photo_stamps:
         assert live[stamp].header.frame_id == offline_answers[stamp].header.frame_id == 'camera'
         _assert_same_answer(live[stamp], offline_answers[stamp])
+
+    assert timed_result.returncode == 0, timed_result.stderr
+    assert '0 awaited answer(s) missing' in timed_result.stdout
+    timed_live = _faces_by_stamp(timed)
+    assert photo_stamps[-1] in timed_live and set(timed_live) <= set(photo_stamps)
+    for stamp, answer in timed_live.items():
+        _assert_same_answer(answer, offline_answers[stamp])
