@@ -474,7 +474,9 @@ class SoftBiometricsNode(LifecycleNode):
 
 def main(args=None) -> int:
     """Entry point of `soft_biometrics_node` and `python -m soft_biometrics_ros.node`."""
-    logging.basicConfig(level=logging.INFO, format='[%(levelname)s] [%(name)s]: %(message)s')
+    # Library warnings (e.g. UNTRAINED weights) always show; INFO only from this package.
+    logging.basicConfig(level=logging.WARNING, format='[%(levelname)s] [%(name)s]: %(message)s')
+    logging.getLogger('soft_biometrics_ros').setLevel(logging.INFO)
     profile = use_large_frames_profile()
     rclpy.init(args=args if args is not None else sys.argv)
     node = SoftBiometricsNode()
