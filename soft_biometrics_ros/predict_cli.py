@@ -225,9 +225,10 @@ class Predictor:
             from soft_biometrics_ros.pipeline import Pipeline
             self._pipeline = Pipeline(pipeline_config(self.args))
             if self._pipeline.untrained:
-                logger.warning(
-                    'the classifier has RANDOM (untrained) weights: every label below is '
-                    'meaningless. Pass --pretrained meta or --checkpoint DIR for real use.')
+                advice = ('train it on a pretrained backbone' if self.args.checkpoint else
+                          'pass --pretrained meta or --checkpoint DIR for real use')
+                logger.warning('the classifier has RANDOM (untrained) weights: every label '
+                               'printed is meaningless; %s.', advice)
         return self._pipeline
 
     def run(self, files: Sequence[Path]) -> Summary:
