@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from rosbags.rosbag2 import Reader
 
-from soft_biometrics_ros import bag_eval, bag_io, labels
+from soft_biometrics_ros import bag_eval, bag_io, image_conversion, labels
 from soft_biometrics_ros.estimates import FaceEstimate
 from soft_biometrics_ros.tracking import iou
-from test_bag_io import (COMPRESSED_TOPIC, IMAGE_TOPIC, face_box, face_frames,
-                         write_frames_bag)
+from test_bag_io import (COMPRESSED_TOPIC, IMAGE_TOPIC, START_NS, face_box, face_frames,
+                         header, write_frames_bag)
 
 SIDE = 256
 CORRUPT_AT = 1  # frames 0, 2, 3 are photos; frame 1 is corrupt
@@ -243,3 +243,24 @@ def test_cli_checks_inputs_before_loading_a_model(tmp_path, capsys):
     for option in ('--checkpoint', '--backbone', '--pretrained', '--threshold', '--labels',
                    'IoU >= 0.3'):
         assert option in help_text
+
+
+def test_humble_era_bag_keeps_version_8_and_storage_can_change(pipeline, tmp_path):
+    bag = tmp_path / 'humble'
+    frame = face_frames(1, SIDE)[0]
+    with bag_io.BagWriter(bag, storage='sqlite3', version=8) as writer:
+        writer.add_topic(IMAGE_TOPIC, bag_io.IMAGE_MSGTYPE)
+        writer.write_message(IMAGE_TOPIC, START_NS, image_conversion.bgr_to_imgmsg(
+            frame, header(START_NS)))
+    summary = bag_eval.evaluate_bag(bag, tmp_path / 'out', pipeline, storage='mcap',
+                                    faces_topic='/offline/faces', progress=False)
+    assert (summary['bag_version'], summary['storage'], summary['processed']) == (8, 'mcap', 1)
+    with bag_io.BagReader(tmp_path / 'out' / bag_eval.OUTPUT_BAG_NAME) as out:
+        assert (out.version, out.storage) == (8, 'mcap')
+        assert out.topics == {IMAGE_TOPIC: bag_io.IMAGE_MSGTYPE,
+                              '/offline/faces': bag_io.FACES_MSGTYPE}
+        answer = next(out.messages(['/offline/faces']))
+    assert answer.timestamp == START_NS and bag_io.header_stamp_ns(answer.rawdata) == START_NS
+    with pytest.raises(bag_io.BagError, match='already has a /offline/faces topic'):
+        bag_eval.evaluate_bag(tmp_path / 'out' / bag_eval.OUTPUT_BAG_NAME, tmp_path / 'again',
+                              pipeline, faces_topic='/offline/faces', progress=False)
