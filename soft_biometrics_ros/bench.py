@@ -331,6 +331,7 @@ class BenchConfig:
     node: bool = True
     node_timeout: float = 180.0
     detection_scale: float = 1.0
+    min_face_size: int = 40
     channels_last: bool = False
     compile: bool = False
     pretrained: str = 'none'
@@ -379,6 +380,8 @@ class BenchConfig:
             raise ValueError(f'warmup must be >= 0, got {self.warmup}')
         if not self.batch_sizes or min(self.batch_sizes) < 1:
             raise ValueError(f'batch_sizes must be positive integers, got {self.batch_sizes}')
+        if int(self.min_face_size) < 12:
+            raise ValueError(f'min_face_size must be >= 12 pixels, got {self.min_face_size}')
         if not 0.05 <= self.detection_scale <= 1.0:
             raise ValueError(f'detection_scale must be in [0.05, 1], got {self.detection_scale}')
         if self.threads < 0:
@@ -736,10 +739,10 @@ class NodeUnderTest:
         for name, value in self.parameters.items():
             if isinstance(value, bool):
                 text = 'true' if value else 'false'
-            elif isinstance(value, float):
-                text = repr(float(value))
-            else:
-                text = str(value)
+            elif isinstance(value, (int, float)):
+                text = repr(value)
+            else:  # YAML single-quoted: '' stays an empty string, 'none' stays a string
+                text = "'" + str(value).replace("'", "''") + "'"
             cmd += ['-p', f'{name}:={text}']
         return cmd
 
@@ -1069,7 +1072,7 @@ def bench_backbone(cfg: BenchConfig, backbone: str, device: torch.device, frame:
     pipeline = Pipeline(PipelineConfig(
         checkpoint=checkpoint, backbone=backbone, pretrained=cfg.pretrained,
         device=str(device), precision='fp32', detection_scale=cfg.detection_scale,
-        max_faces=max(10, cfg.faces)))
+        min_face_size=int(cfg.min_face_size), max_faces=max(10, cfg.faces)))
     applied = optimize_classifier(pipeline.classifier, cfg.channels_last, cfg.compile)
     build_memory = memory.read()
     path = InferencePath(pipeline, with_ros)
@@ -1096,6 +1099,7 @@ def bench_backbone(cfg: BenchConfig, backbone: str, device: torch.device, frame:
             parameters = {'checkpoint': checkpoint, 'backbone': backbone,
                           'pretrained': cfg.pretrained, 'device': str(device),
                           'precision': key, 'detection_scale': float(cfg.detection_scale),
+                          'min_face_size': int(cfg.min_face_size),
                           'max_faces': int(max(10, cfg.faces)), 'max_rate': 0.0,
                           'publish_debug_image': False}
             frame_timeout = max(10.0, 20 * result['end_to_end']['max_ms'] / 1000.0)
@@ -1118,6 +1122,9 @@ def environment(device: torch.device) -> dict:
         'open_clip': open_clip.__version__, 'machine': platform.machine(),
         'cpu_count': os.cpu_count(), 'torch_threads': torch.get_num_threads(),
         'device': str(device), 'device_name': platform.processor() or platform.machine(),
+        # Other processes compete for the cores: the 1-minute load says how much.
+        'load_average_start': round(os.getloadavg()[0], 2) if hasattr(os, 'getloadavg')
+        else None,
     }
     if device.type == 'cuda':
         info['device_name'] = torch.cuda.get_device_name(device)
@@ -1152,6 +1159,8 @@ def run(cfg: BenchConfig) -> dict:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     out['duration_s'] = round(time.time() - started, 1)
+    if hasattr(os, 'getloadavg'):
+        out['environment']['load_average_end'] = round(os.getloadavg()[0], 2)
     out['complete'] = True
     return out
 
@@ -1195,7 +1204,8 @@ def format_tables(results: dict) -> str:
     lines = [f'soft_biometrics_bench: suite {cfg["suite"]}, {env["device"]} '
              f'({env["device_name"]}, {env["cpu_count"]} CPUs, {env["torch_threads"]} torch '
              f'threads), frame {width}x{height} with {cfg["faces"]} face(s), '
-             f'torch {env["torch"]}, {results.get("duration_s", "?")} s', '']
+             f'torch {env["torch"]}, {results.get("duration_s", "?")} s, load average '
+             f'{env.get("load_average_start")} -> {env.get("load_average_end")}', '']
     rows = []
     for run_ in results['runs']:
         for precision, inf in run_['inference'].items():
@@ -1335,6 +1345,7 @@ def build_parser() -> argparse.ArgumentParser:
         help='also run the real node over ROS and compare it with the pipeline')
     add('--no-node', dest='node', action='store_false', help='skip the node section')
     add('--detection-scale', type=float, help='resize frames by this before detection')
+    add('--min-face-size', type=int, help='smallest face to detect, source pixels (40)')
     add('--channels-last', action='store_true', default=None,
         help='classifier weights in channels_last memory format')
     add('--compile', action='store_true', default=None, help='torch.compile the classifier')
@@ -1359,8 +1370,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of soft_biometrics_bench."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+    # Warnings from every library (UNTRAINED weights, fallbacks), progress from the bench.
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format='%(asctime)s %(name)s %(levelname)s: %(message)s')
+    logger.setLevel(logging.INFO)
     try:
         cfg = config_from_args(args)
     except ValueError as error:
