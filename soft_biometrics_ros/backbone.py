@@ -20,6 +20,8 @@ weights are loaded. `load_vision_tower` keeps `model.visual` and frees the text 
 
 from __future__ import annotations
 
+import copy
+import functools
 import hashlib
 import logging
 import os
@@ -446,16 +448,62 @@ def fit_position_embedding(state: Dict[str, torch.Tensor], visual: nn.Module) ->
                                                 num_prefix_tokens=1)
 
 
+@functools.lru_cache(maxsize=None)
+def clip_parameter_counts(name: str, image_size: Optional[int] = None) -> ParameterCounts:
+    """Return the vision / text / total parameter counts of CLIP model `name`.
+
+    Counted on a 'meta'-device build: no memory is allocated and nothing initialised.
+    """
+    size_kwargs = {'force_image_size': int(image_size)} if image_size else {}
+    with torch.device('meta'):
+        meta_model = open_clip.create_model(name, pretrained=None, device='meta', **size_kwargs)
+    return ParameterCounts(vision=count_parameters(meta_model.visual),
+                           text=count_parameters(getattr(meta_model, 'text', nn.Module())),
+                           total=count_parameters(meta_model))
+
+
+class _VisionOnly(nn.Module):
+    """Holder giving a lone vision tower the `.visual` attribute of a CLIP model."""
+
+    def __init__(self, visual: nn.Module):
+        super().__init__()
+        self.visual = visual
+
+
+def _build_vision_tower(name: str, image_size: Optional[int]) -> nn.Module:
+    """Build only the vision tower of `name` (the text tower is never allocated).
+
+    Uses open_clip's own tower builder with the model config, as create_model does; if
+    this open_clip lacks it, the full model is built and its text tower dropped.
+    """
+    model_cfg = copy.deepcopy(open_clip.get_model_config(name))
+    vision_cfg = dict(model_cfg['vision_cfg'])
+    if image_size:
+        vision_cfg['image_size'] = int(image_size)
+    builder = getattr(open_clip.model, '_build_vision_tower', None)
+    if builder is None:  # pragma: no cover - depends on the open_clip version
+        size_kwargs = {'force_image_size': int(image_size)} if image_size else {}
+        return open_clip.create_model(name, pretrained=None, **size_kwargs).visual
+    visual = builder(model_cfg['embed_dim'], vision_cfg,
+                     quick_gelu=model_cfg.get('quick_gelu', False), cast_dtype=None)
+    if image_size and hasattr(visual, 'set_input_size'):
+        visual.set_input_size(int(image_size))  # as create_model(force_image_size=...) does
+    return visual
+
+
 def load_pe_core(name: str = 'PE-Core-T-16-384', pretrained: Optional[str] = NO_WEIGHTS,
                  device: Union[str, torch.device] = 'cpu', vision_only: bool = False,
-                 cache_dir: Optional[str] = None, image_size: Optional[int] = None) -> PECore:
+                 cache_dir: Optional[str] = None, image_size: Optional[int] = None,
+                 announce_untrained: bool = True) -> PECore:
     """Build PE-Core `name` with weights from `pretrained` ('meta', a file, or 'none').
 
-    With vision_only=True only `model.visual` is kept (the text tower is dropped and its
-    memory freed); the returned PECore.model is then the vision tower. Parameter counts
+    With vision_only=True only the vision tower is built (the text tower is never
+    allocated); the returned PECore.model is then the vision tower. Parameter counts
     are those of the full CLIP model, split into vision and text. `image_size` builds the
     tower for another square input side (the config's `data.image_size`; None = the
     architecture's own), resampling the position embedding of loaded weights to it.
+    Random weights are announced with an UNTRAINED warning unless announce_untrained is
+    False (a caller that overwrites them, e.g. a checkpoint storing the whole tower).
     """
     check_backbone_name(name)
     weights_file = resolve_weights(name, pretrained, cache_dir)
@@ -463,18 +511,19 @@ def load_pe_core(name: str = 'PE-Core-T-16-384', pretrained: Optional[str] = NO_
     if weights_file is not None:  # read and check the file before building anything
         state = read_state_dict(weights_file)
         check_weights_layout(state, name, str(weights_file), vision_only)
-    size_kwargs = {'force_image_size': int(image_size)} if image_size else {}
-    clip_model = open_clip.create_model(name, pretrained=None, device='cpu', **size_kwargs)
-    vision = count_parameters(clip_model.visual)
-    text = count_parameters(getattr(clip_model, 'text', nn.Module()))
-    counts = ParameterCounts(vision=vision, text=text, total=count_parameters(clip_model))
+    counts = clip_parameter_counts(name, image_size)
+    if vision_only:
+        clip_model = _VisionOnly(_build_vision_tower(name, image_size))
+    else:
+        size_kwargs = {'force_image_size': int(image_size)} if image_size else {}
+        clip_model = open_clip.create_model(name, pretrained=None, device='cpu', **size_kwargs)
     if state is not None:
         if image_size:
             fit_position_embedding(state, clip_model.visual)
         load_weights(clip_model, state, name, str(weights_file), vision_only)
         del state
         logger.info('loaded %s weights from %s', name, weights_file)
-    else:
+    elif announce_untrained:
         logger.warning(
             'UNTRAINED backbone: %s has random weights (pretrained=%r); its outputs are '
             'meaningless. Use pretrained=meta or a local weights file for real use.',
@@ -482,10 +531,7 @@ def load_pe_core(name: str = 'PE-Core-T-16-384', pretrained: Optional[str] = NO_
     image_size = getattr(clip_model.visual, 'image_size', None)
     preprocess = preprocess_config(name, image_size=image_size)
     embed_dim = int(open_clip.get_model_config(name)['embed_dim'])
-    model: nn.Module = clip_model
-    if vision_only:
-        model = clip_model.visual
-        del clip_model  # the text tower is freed with it
+    model: nn.Module = clip_model.visual if vision_only else clip_model
     model = model.to(torch.device(device))
     fingerprint = weights_fingerprint(model.visual if not vision_only else model)
     return PECore(name=name, pretrained=str(pretrained or NO_WEIGHTS),
@@ -497,10 +543,11 @@ def load_pe_core(name: str = 'PE-Core-T-16-384', pretrained: Optional[str] = NO_
 def load_vision_tower(name: str = 'PE-Core-T-16-384', pretrained: Optional[str] = NO_WEIGHTS,
                       device: Union[str, torch.device] = 'cpu',
                       cache_dir: Optional[str] = None,
-                      image_size: Optional[int] = None) -> PECore:
+                      image_size: Optional[int] = None,
+                      announce_untrained: bool = True) -> PECore:
     """Build the PE-Core vision tower alone (images (N, 3, S, S) -> embeddings (N, E))."""
     return load_pe_core(name, pretrained, device, vision_only=True, cache_dir=cache_dir,
-                        image_size=image_size)
+                        image_size=image_size, announce_untrained=announce_untrained)
 
 
 def load_clip(name: str = 'PE-Core-T-16-384', pretrained: Optional[str] = NO_WEIGHTS,

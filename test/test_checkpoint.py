@@ -1,0 +1,235 @@
+"""Checkpoint directories: round trip of every method, merged exports, clear mismatch errors."""
+
+import copy
+import json
+import logging
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from soft_biometrics_ros import labels
+from soft_biometrics_ros.adapters import apply_method, list_methods, merge_for_inference
+from soft_biometrics_ros.checkpoint import (
+    MANIFEST_FILE, WEIGHTS_FILE, CheckpointError, load_checkpoint, read_manifest,
+    save_checkpoint)
+from soft_biometrics_ros.classifier import build_classifier
+from soft_biometrics_ros.model import MultitaskModel, build_multitask_model
+
+NAME = 'PE-Core-T-16-384'
+SIZE = 128  # small inputs keep forward passes cheap; the architecture is PE-Core-T's
+
+
+@pytest.fixture(scope='module', autouse=True)
+def one_torch_thread():
+    """Run this module's models on one CPU thread: on the shared 2-core machine, two
+    OpenMP threads spin against other processes and run PE-Core-T several times slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope='module')
+def backbone_file(tmp_path_factory):
+    """A local PE-Core-T vision weights file (random values), standing in for real weights."""
+    torch.manual_seed(0)
+    model = build_multitask_model(NAME, 'none', image_size=SIZE)
+    path = tmp_path_factory.mktemp('weights') / 'pe_core_t_vision.safetensors'
+    save_file({k: v.contiguous() for k, v in model.visual.state_dict().items()}, str(path))
+    return str(path)
+
+
+@pytest.fixture(scope='module')
+def base_model(backbone_file):
+    """A multitask model on the pretrained (file) backbone; tests adapt deep copies."""
+    torch.manual_seed(1)
+    return build_multitask_model(NAME, backbone_file, image_size=SIZE).eval()
+
+
+@pytest.fixture(scope='module')
+def images():
+    """A fixed input batch (2, 3, SIZE, SIZE)."""
+    return torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3))
+
+
+def trained(base_model, method, config=None):
+    """A deep copy adapted by `method` whose trainable tensors moved, as after training."""
+    model = copy.deepcopy(base_model)
+    apply_method(model, method, config)
+    generator = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:
+                param.add_(torch.randn(param.shape, generator=generator) * 0.05)
+    return model.eval()
+
+
+def outputs(model, images):
+    with torch.no_grad():
+        return model(images)
+
+
+def assert_same(first, second, atol=0.0):
+    for task in labels.TASKS:
+        assert torch.allclose(first[task], second[task], atol=atol, rtol=0), task
+
+
+@pytest.mark.parametrize('method', list_methods())
+def test_round_trip_of_every_method_gives_identical_outputs(
+        base_model, images, tmp_path, method):
+    model = trained(base_model, method)
+    directory = save_checkpoint(model, tmp_path / 'ckpt', training={'step': 7})
+    manifest = read_manifest(directory)
+    assert manifest['method']['name'] == method and not manifest['method']['merged']
+    assert manifest['backbone'] == NAME and manifest['input_size'] == SIZE
+    assert manifest['label_schema'] == labels.schema_dict()
+    assert manifest['training'] == {'step': 7}
+    assert not manifest['backbone_stored']
+    for package in ('torch', 'open_clip', 'soft_biometrics_ros'):
+        assert manifest['versions'][package]
+    stored = load_file(str(directory / WEIGHTS_FILE))
+    assert sorted(stored) == sorted(model.tuned_parameter_names)  # no frozen backbone
+    if method == 'linear_probe':
+        assert all(k.startswith('heads.') for k in stored)
+    loaded = load_checkpoint(directory, backbone=NAME)
+    assert isinstance(loaded, MultitaskModel) and loaded.method_name == method
+    assert not loaded.training and not loaded.untrained
+    assert_same(outputs(model, images), outputs(loaded, images))
+
+
+@pytest.mark.parametrize('method', ['lora', 'dora', 'loraplus', 'mtlora'])
+def test_merged_export_loads_and_matches(base_model, images, tmp_path, method):
+    model = trained(base_model, method)
+    unmerged = outputs(model, images)
+    merge_for_inference(model)
+    merged = outputs(model, images)
+    assert_same(unmerged, merged, atol=1e-4)
+    directory = save_checkpoint(model, tmp_path / 'merged')
+    assert read_manifest(directory)['method']['merged']
+    loaded = load_checkpoint(directory)
+    assert loaded.merged
+    assert_same(merged, outputs(loaded, images))
+
+
+def test_random_backbone_is_stored_whole_and_announced(images, tmp_path, caplog):
+    torch.manual_seed(5)
+    model = build_multitask_model(NAME, 'none', image_size=SIZE, method='lora').eval()
+    directory = save_checkpoint(model, tmp_path / 'random')
+    manifest = read_manifest(directory)
+    assert manifest['backbone_stored'] and manifest['pretrained'] == 'none'
+    assert len(load_file(str(directory / WEIGHTS_FILE))) == len(model.state_dict())
+    with caplog.at_level(logging.WARNING):
+        loaded = load_checkpoint(directory, pretrained='none')
+    assert 'UNTRAINED' in caplog.text and loaded.untrained
+    assert_same(outputs(model, images), outputs(loaded, images))
+
+
+@pytest.fixture(scope='module')
+def lora_checkpoint(base_model, tmp_path_factory):
+    """A saved LoRA checkpoint on the file backbone, and the model it came from."""
+    model = trained(base_model, 'lora', {'rank': 4})
+    return save_checkpoint(model, tmp_path_factory.mktemp('lora') / 'ckpt'), model
+
+
+def copy_checkpoint(source, target):
+    target.mkdir()
+    for name in (MANIFEST_FILE, WEIGHTS_FILE):
+        (target / name).write_bytes((source / name).read_bytes())
+    return target
+
+
+def edit_manifest(directory, change):
+    manifest = json.loads((directory / MANIFEST_FILE).read_text())
+    change(manifest)
+    (directory / MANIFEST_FILE).write_text(json.dumps(manifest))
+
+
+def test_other_backbone_is_refused_naming_both(lora_checkpoint):
+    directory, _ = lora_checkpoint
+    with pytest.raises(CheckpointError, match='expects backbone PE-Core-T-16-384, config says '
+                                              'PE-Core-B-16'):
+        build_classifier(checkpoint=str(directory), backbone='PE-Core-B-16', device='cpu')
+
+
+def test_other_label_schema_is_refused(lora_checkpoint, tmp_path):
+    directory = copy_checkpoint(lora_checkpoint[0], tmp_path / 'schema')
+    edit_manifest(directory, lambda m: m['label_schema']['tasks']['emotion'].remove('scared'))
+    with pytest.raises(CheckpointError, match='label schema'):
+        load_checkpoint(directory)
+
+
+def test_corrupt_weights_are_refused(lora_checkpoint, tmp_path):
+    directory = copy_checkpoint(lora_checkpoint[0], tmp_path / 'corrupt')
+    data = bytearray((directory / WEIGHTS_FILE).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (directory / WEIGHTS_FILE).write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match='corrupt'):
+        load_checkpoint(directory)
+    # truncated, and no checksum to compare against: the reader itself refuses it
+    (directory / WEIGHTS_FILE).write_bytes(bytes(data[:100]))
+    edit_manifest(directory, lambda m: m['weights'].pop('sha256'))
+    with pytest.raises(CheckpointError, match='corrupt or unreadable'):
+        load_checkpoint(directory)
+
+
+def test_missing_and_unexpected_tensors_are_named(lora_checkpoint, tmp_path):
+    directory = copy_checkpoint(lora_checkpoint[0], tmp_path / 'keys')
+    weights = load_file(str(directory / WEIGHTS_FILE))
+    dropped = sorted(weights)[0]
+    del weights[dropped]
+    weights['visual.extra.weight'] = torch.zeros(2)
+    save_file(weights, str(directory / WEIGHTS_FILE))
+    edit_manifest(directory, lambda m: m['weights'].pop('sha256'))
+    with pytest.raises(CheckpointError) as error:
+        load_checkpoint(directory)
+    message = str(error.value)
+    assert 'missing' in message and dropped in message
+    assert 'visual.extra.weight' in message
+
+
+def test_method_config_that_does_not_fit_the_tensors_is_refused(lora_checkpoint, tmp_path):
+    directory = copy_checkpoint(lora_checkpoint[0], tmp_path / 'rank')
+    edit_manifest(directory, lambda m: m['method']['config'].update(rank=8))
+    with pytest.raises(CheckpointError, match='another shape'):
+        load_checkpoint(directory)
+
+
+def test_other_backbone_weights_are_refused(lora_checkpoint, tmp_path):
+    directory, model = lora_checkpoint
+    other = {k: v + 0.01 for k, v in load_file(model.pretrained).items()}
+    other_file = tmp_path / 'other.safetensors'
+    save_file(other, str(other_file))
+    with pytest.raises(CheckpointError, match='fingerprint'):
+        load_checkpoint(directory, pretrained=str(other_file))
+    with pytest.raises(CheckpointError, match='(?i)pass pretrained='):
+        load_checkpoint(directory, pretrained='none')
+
+
+def test_build_classifier_loads_a_checkpoint_for_the_pipeline(lora_checkpoint, images):
+    directory, model = lora_checkpoint
+    classifier = build_classifier(checkpoint=str(directory), backbone=None, pretrained=None,
+                                  device='cpu', precision='fp32')
+    assert classifier.input_size == SIZE and classifier.backbone_name == NAME
+    probs = classifier.predict_proba(images)
+    expected = {t: v.softmax(dim=-1) for t, v in outputs(model, images).items()}
+    for task in labels.TASKS:
+        assert probs[task].shape == (2, labels.NUM_CLASSES[task])
+        assert torch.allclose(probs[task], expected[task], atol=1e-6)
+
+
+def test_save_replaces_a_checkpoint_but_never_other_directories(lora_checkpoint, base_model,
+                                                                tmp_path):
+    directory = copy_checkpoint(lora_checkpoint[0], tmp_path / 'replace')
+    model = trained(base_model, 'linear_probe')
+    save_checkpoint(model, directory)
+    assert read_manifest(directory)['method']['name'] == 'linear_probe'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['replace']  # no staging left over
+    precious = tmp_path / 'notes'
+    precious.mkdir()
+    (precious / 'thesis.txt').write_text('keep me')
+    with pytest.raises(CheckpointError, match='refusing to overwrite'):
+        save_checkpoint(model, precious)
+    assert (precious / 'thesis.txt').read_text() == 'keep me'
+    with pytest.raises(CheckpointError, match='manifest.json is missing'):
+        load_checkpoint(precious)
