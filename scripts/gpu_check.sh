@@ -59,8 +59,9 @@ if [ -z "${PYTHON:-}" ] && [ -x .venv/bin/python ] && [ -f scripts/env.sh ]; the
   PYTHON=python
   say "using the project's .venv ($(python --version 2>&1))"
 else
+  [ -n "${PYTHON:-}" ] && HOW="PYTHON=$PYTHON" || HOW="no .venv"
   PYTHON=${PYTHON:-python3}
-  say "no .venv: using $($PYTHON --version 2>&1) at $(command -v "$PYTHON")"
+  say "$HOW: using $($PYTHON --version 2>&1) at $(command -v "$PYTHON")"
 fi
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
@@ -88,8 +89,9 @@ if os.environ['GPU_CHECK_DEVICE'] == 'cpu':
           f'{torch.__version__}: CUDA tests skip, numbers are CPU numbers', file=sys.stderr)
 elif not torch.cuda.is_available():
     sys.exit(f'no CUDA device visible to torch {torch.__version__}; gpu-check needs one')
-print(f'[gpu-check] torch {torch.__version__}, CUDA {torch.version.cuda}, '
-      f'{torch.cuda.get_device_name(0)}', file=sys.stderr)
+else:
+    print(f'[gpu-check] torch {torch.__version__}, CUDA {torch.version.cuda}, '
+          f'{torch.cuda.get_device_name(0)}', file=sys.stderr)
 EOF
 then
   exit 2
@@ -118,7 +120,8 @@ fi
 
 ROS_NOTE=""
 BENCH_ROS_ARGS=()
-if ! "$PYTHON" -c 'import rclpy, sensor_msgs.msg, soft_biometrics_msgs.msg' 2>/dev/null; then
+if ! "$PYTHON" -c 'import rclpy; from soft_biometrics_msgs.msg import FaceAttributesArray' \
+    2>/dev/null; then
   ROS_NOTE="ROS 2 is not importable here: skipped the message-build stage, the node-vs-pipeline ratio and ROS tests"
   BENCH_ROS_ARGS=(--no-node)
   say "$ROS_NOTE"

@@ -327,6 +327,7 @@ class BenchConfig:
     batch_seconds: float = 10.0
     train_batch: int = 8
     train_steps: int = 3
+    train_warmup: int = 1
     train_backbones: Tuple[str, ...] = ()
     node: bool = True
     node_timeout: float = 180.0
@@ -376,8 +377,9 @@ class BenchConfig:
         for name in ('faces', 'iterations', 'train_batch', 'train_steps'):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
-        if self.warmup < 0:
-            raise ValueError(f'warmup must be >= 0, got {self.warmup}')
+        for name in ('warmup', 'train_warmup'):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f'{name} must be >= 0, got {getattr(self, name)}')
         if not self.batch_sizes or min(self.batch_sizes) < 1:
             raise ValueError(f'batch_sizes must be positive integers, got {self.batch_sizes}')
         if int(self.min_face_size) < 12:
@@ -406,7 +408,7 @@ SUITES: Dict[str, Dict[str, Any]] = {
     'quick': dict(backbones=(T,), methods=('linear_probe', 'lora'), device='cpu',
                   precisions=('fp32',), faces=1, frame=(320, 240), iterations=3, warmup=1,
                   batch_sizes=(1, 4), batch_seconds=2.0, train_batch=2, train_steps=1,
-                  node=False),
+                  train_warmup=0, node=False),
     # `make bench`: a few minutes on 2 CPU cores.
     'cpu': dict(backbones=(T, S), methods=('linear_probe', 'partial', 'lora', 'mtlora'),
                 device='cpu', precisions=('fp32',), faces=1, frame=(640, 480), iterations=15,
@@ -435,8 +437,10 @@ def ros_available() -> Tuple[bool, str]:
     """Return (True, '') when rclpy and the message packages import, else (False, why)."""
     try:
         import rclpy  # noqa: F401
-        import sensor_msgs.msg  # noqa: F401
-        import soft_biometrics_msgs.msg  # noqa: F401
+        from sensor_msgs.msg import Image  # noqa: F401
+        # A class, not the package: the source folder soft_biometrics_msgs/msg/ in the
+        # repository imports as an empty namespace package when the build is absent.
+        from soft_biometrics_msgs.msg import FaceAttributesArray  # noqa: F401
     except Exception as error:  # ImportError, or a broken ROS environment
         return False, f'{type(error).__name__}: {error}'
     return True, ''
@@ -586,14 +590,16 @@ def bench_classifier_batches(classifier, crop_rgb: np.ndarray, batch_sizes: Sequ
                              device: torch.device) -> Dict[str, dict]:
     """Faces per second of the classifier alone (preprocess + predict_proba) per batch size."""
     out = {}
-    for batch in batch_sizes:
+    for index, batch in enumerate(batch_sizes):
         crops = [crop_rgb] * batch
 
         def classify():
             return classifier.predict_proba(classifier.preprocess(crops))
 
-        times = time_calls(classify, max(2, iterations // batch), warmup, device,
-                           desc=f'classifier batch {batch}', max_seconds=max_seconds)
+        # The model is warm after the first batch size; later sizes skip the warm-up
+        # (a batch of 32 on a CPU takes seconds).
+        times = time_calls(classify, max(2, iterations // batch), warmup if index == 0 else 0,
+                           device, desc=f'classifier batch {batch}', max_seconds=max_seconds)
         stats = LatencyStats.of(times)
         out[str(batch)] = {'latency': stats.to_dict(),
                            'faces_per_s': round(batch * 1000.0 / stats.median_ms, 2)}
@@ -917,10 +923,19 @@ def bench_node(path: InferencePath, frame: BenchFrame, parameters: Mapping[str, 
 
     Each iteration runs the in-process inference path (decode, pipeline, message) on the
     frame, then publishes the same frame to the node and waits for its answer, so both
-    see the same machine load. Returns latencies, the node's own processing time and
-    the ratios node / pipeline.
+    see the same machine load. Like the node, the in-process path runs on one long-lived
+    worker thread: under CPU contention OpenMP runs a model measurably faster from a
+    worker thread than from the main thread, which is not what the ratio is about.
+    Returns latencies, the node's own processing time and the ratios node / pipeline.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     from soft_biometrics_ros.diagnostics import LatencyStats as NodeWindow
+
+    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix='bench_pipeline')
+
+    def run_alone(times: FrameTimes) -> None:
+        worker.submit(path.run, frame, times, False).result()
 
     node = NodeUnderTest(parameters, log_path)
     alone = FrameTimes()
@@ -932,12 +947,12 @@ def bench_node(path: InferencePath, frame: BenchFrame, parameters: Mapping[str, 
         ready_s = node.wait_ready(frame, timeout)
         for i in range(warmup):
             node.send(frame, f'warmup-{i}', frame_timeout)
-            path.run(frame, FrameTimes(), decode_jpeg=False)
+            run_alone(FrameTimes())
         before = node.diagnostics_after(0, timeout=3.0)
         processed_before = int(before.get('frames processed', 0)) if before else 0
         for i in tqdm(range(iterations), desc='node vs pipeline', file=sys.stderr,
                       leave=False):
-            path.run(frame, alone, decode_jpeg=False)
+            run_alone(alone)
             answer = node.send(frame, f'frame-{i}', frame_timeout)
             if answer is None:
                 lost += 1
@@ -947,6 +962,7 @@ def bench_node(path: InferencePath, frame: BenchFrame, parameters: Mapping[str, 
         after = node.diagnostics_after(processed_before + len(latencies))
     finally:
         node.stop()
+        worker.shutdown()
     if not latencies:
         raise RuntimeError(f'the node answered none of {iterations} frames; its log ends:\n'
                            f'{node.log_tail()}')
@@ -1052,7 +1068,7 @@ def bench_backbone(cfg: BenchConfig, backbone: str, device: torch.device, frame:
                 if key in info['train']:
                     continue  # fp16/bf16 fall back to fp32 off CUDA: measured once
                 info['train'][key] = bench_training_step(
-                    model, method, cfg.train_batch, cfg.train_steps, min(1, cfg.warmup),
+                    model, method, cfg.train_batch, cfg.train_steps, cfg.train_warmup,
                     device, dtype, desc=f'train {method} {key}')
         if merge_for_inference(model):
             # What a deployed (exported) model runs: adapters folded into the weights.
@@ -1122,6 +1138,9 @@ def environment(device: torch.device) -> dict:
         'open_clip': open_clip.__version__, 'machine': platform.machine(),
         'cpu_count': os.cpu_count(), 'torch_threads': torch.get_num_threads(),
         'device': str(device), 'device_name': platform.processor() or platform.machine(),
+        # Under CPU contention OpenMP's spin-waiting decides much of the speed.
+        'omp_env': {k: os.environ[k] for k in ('OMP_NUM_THREADS', 'OMP_WAIT_POLICY',
+                                               'MKL_NUM_THREADS') if k in os.environ},
         # Other processes compete for the cores: the 1-minute load says how much.
         'load_average_start': round(os.getloadavg()[0], 2) if hasattr(os, 'getloadavg')
         else None,
