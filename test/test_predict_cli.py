@@ -119,12 +119,25 @@ def test_bad_options_are_usage_errors(media):
     assert result.returncode == 2 and 'every-n-frames' in result.stderr
 
 
-def test_table_on_the_terminal_and_annotated_image(media, tmp_path, capsys):
+@pytest.fixture(scope='module')
+def checkpoint_dir(tmp_path_factory):
+    """A real checkpoint directory: PE-Core-T (random weights) + linear-probe heads."""
+    from soft_biometrics_ros.checkpoint import save_checkpoint
+    from soft_biometrics_ros.model import build_multitask_model
+    model = build_multitask_model('PE-Core-T-16-384', pretrained='none', method='linear_probe')
+    return save_checkpoint(model, tmp_path_factory.mktemp('ckpt') / 'linear_probe')
+
+
+def test_table_with_a_checkpoint_and_annotated_images(media, checkpoint_dir, tmp_path,
+                                                      capsys, caplog):
     annotated = tmp_path / 'annotated'
     # The same name twice: the second annotated copy must not overwrite the first.
-    status = main([str(media['image']), str(media['image']), '--save-annotated',
-                   str(annotated), '--align', '--no-progress', *MODEL_ARGS])
+    # Backbone and weights source come from the checkpoint (no --backbone/--pretrained).
+    status = main([str(media['image']), str(media['image']), '--checkpoint',
+                   str(checkpoint_dir), '--save-annotated', str(annotated), '--align',
+                   '--no-progress', '--device', 'cpu'])
     assert status == 0
+    assert any('RANDOM' in r.getMessage() for r in caplog.records)
     out = capsys.readouterr().out
     lines = out.splitlines()
     assert len(lines) == 2 * 3
@@ -138,6 +151,15 @@ def test_table_on_the_terminal_and_annotated_image(media, tmp_path, capsys):
     drawn = cv2.imread(str(annotated / 'astronaut.jpg'))
     assert drawn.shape == (512, 512, 3)
     assert np.abs(drawn.astype(int) - sample_data.astronaut_bgr()).max() > 100
+
+
+def test_checkpoint_of_another_backbone_is_a_clear_error(media, checkpoint_dir, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(media['image']), '--checkpoint', str(checkpoint_dir), '--backbone',
+              'PE-Core-S-16-384', '--device', 'cpu', '--no-progress'])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert 'PE-Core-S-16-384' in err and 'PE-Core-T-16-384' in err
 
 
 def test_format_table_lists_each_face():
