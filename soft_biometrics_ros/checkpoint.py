@@ -176,7 +176,11 @@ def read_manifest(directory: Union[str, Path]) -> dict:
     missing = [k for k in REQUIRED_KEYS if k not in manifest]
     if missing:
         raise CheckpointError(f'checkpoint manifest {path} lacks {", ".join(missing)}')
-    if manifest['format_version'] > FORMAT_VERSION:
+    version = manifest['format_version']
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise CheckpointError(f'checkpoint manifest {path} has an invalid format_version '
+                              f'{version!r}')
+    if version > FORMAT_VERSION:
         raise CheckpointError(
             f'checkpoint {directory} has format version {manifest["format_version"]}, this '
             f'soft_biometrics_ros reads up to {FORMAT_VERSION}; update the package')
