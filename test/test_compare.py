@@ -29,7 +29,7 @@ def test_attention_flops_are_counted():
     # Q K^T and attention x V: two matmuls of tokens x tokens x dim per head, 2 FLOPs a MAC.
     assert flops == 2 * 2 * batch * heads * tokens * tokens * dim
     if not torch.cuda.is_available():
-        assert notes and 'counted analytically' in notes[0]
+        assert notes and 'added analytically' in notes[0]
 
 
 def test_pe_core_flops_are_linears_plus_attention():

@@ -17,7 +17,7 @@ def base(tmp_path_factory):
     return tmp_path_factory.getbasetemp()
 
 
-@pytest.mark.parametrize('method', ['lora', 'linear_probe'])
+@pytest.mark.parametrize('method', ['lora', 'dora', 'linear_probe'])
 def test_export_merges_and_predicts_the_same(base, tmp_path, repo_root, method):
     from training_helpers import tiny_overrides
     run_dir = trained_run(base, method)
@@ -28,13 +28,13 @@ def test_export_merges_and_predicts_the_same(base, tmp_path, repo_root, method):
                        *tiny_overrides(base, tmp_path / 'unused', method)])
     assert status == 0
     report = json.loads((out / 'export_report.json').read_text())
-    assert report['merged'] == (method == 'lora')
+    assert report['merged'] == (method != 'linear_probe')
     trained = build_classifier(checkpoint=str(checkpoint), pretrained=None, device='cpu')
     # Self-contained: the node loads it without the pretrained weights file.
     deployed = build_classifier(checkpoint=str(out), pretrained='none', device='cpu')
     names = [n for n, _ in deployed.named_parameters()]
     assert not any('lora_' in n for n in names)
-    if method == 'lora':
+    if method != 'linear_probe':
         assert any('lora_' in n for n, _ in trained.named_parameters())
         assert len(names) < len(list(trained.named_parameters()))
     images = torch.randn(5, 3, trained.input_size, trained.input_size).clamp(-1, 1)

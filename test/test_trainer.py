@@ -337,3 +337,20 @@ def test_every_shipped_method_config_is_valid(repo_root):
         assert cfg.train.precision == 'bf16' and cfg.train.device == 'cuda'
     compare_cfg = load_config(repo_root / 'config' / 'train' / 'compare.yaml')
     assert sorted(compare_cfg.compare.methods) == sorted(METHODS)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize('precision', ['bf16', 'fp16'])
+def test_cuda_autocast_run_trains_and_saves(base, tmp_path, precision):
+    # fp16 runs through the GradScaler, GradNorm's directly written gradients included.
+    cfg = tiny_config(base, tmp_path, 'lora', ['train.device=cuda', f'train.precision={precision}',
+                                               'loss.strategy=gradnorm', 'train.max_steps=4'])
+    run = trainer_module.Trainer(cfg, progress_bar=False)
+    assert run.device.type == 'cuda'
+    summary = run.fit()
+    assert summary['step'] == 4 and summary['best_score'] is not None
+    assert all(np.isfinite(v) for v in run.criterion.balancer.weights().values())
+    classifier = build_classifier(checkpoint=str(tmp_path / 'checkpoints' / 'last'),
+                                  pretrained=None, device='cuda', precision=precision)
+    probs = classifier.predict_proba(torch.zeros(2, 3, IMAGE_SIZE, IMAGE_SIZE, device='cuda'))
+    assert all(torch.isfinite(p).all() for p in probs.values())

@@ -31,6 +31,7 @@ import csv
 import json
 import logging
 import math
+import os
 import statistics
 import time
 from pathlib import Path
@@ -285,9 +286,10 @@ def write_markdown(rows: List[dict], path: Path, info: dict) -> Path:
         lines.append('| ' + ' | '.join(_cell(k, row.get(k)) for k, _ in COLUMNS) + ' |')
     lines += ['', 'Accuracy and macro-F1 on the evaluation split; age MAE: expected age vs '
               'true age where the data set gives it. trainable % and total params: the '
-              'training-time model (adapters unmerged; zero-shot: the CLIP classifier, '
-              'nothing trained). GFLOPs and latency per face: the deployable model '
-              '(LoRA/DoRA merged) on the device named above.']
+              'training-time model (adapters unmerged; zero-shot: the whole CLIP model, text '
+              'tower included, nothing trained). GFLOPs and latency per face: the '
+              'deployable model (LoRA/DoRA merged; zero-shot: its vision tower and the '
+              'cached class embeddings) on the device named above.']
     lines += [f'- {note}' for note in info.get('notes', [])]
     path.write_text('\n'.join(lines) + '\n')
     return path
@@ -346,6 +348,9 @@ def run(cfg, include_zero_shot: bool = True, latency_batch: int = 8,
         latency_repeats: int = 5) -> dict:
     """Entry point of `python -m training compare`: train/collect, evaluate, tabulate."""
     from training import evaluation
+    if int(os.environ.get('WORLD_SIZE', '1')) > 1:
+        raise RuntimeError('compare runs as one process; train the methods with torchrun '
+                           'first (into output_dir/<method>), then run compare to collect them')
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows, notes, devices = [], set(), set()
@@ -371,7 +376,10 @@ def run(cfg, include_zero_shot: bool = True, latency_batch: int = 8,
         cost = inference_cost(classifier, latency_batch, latency_repeats)
         notes.update(cost['flop_notes'])
         devices.add(cost['device'])
-        total = sum(p.numel() for p in classifier.parameters())
+        # The whole CLIP model: the text tower defines the classes (it embeds the prompts
+        # once and is then freed, so inference runs the vision tower alone).
+        from soft_biometrics_ros.backbone import clip_parameter_counts
+        total = clip_parameter_counts(cfg.model.backbone).total
         rows.insert(0, table_row(ZERO_SHOT, result, {'trainable': 0, 'total': total}, cost))
         del classifier
     info = {'backbone': cfg.model.backbone, 'pretrained': cfg.model.pretrained,
