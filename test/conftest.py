@@ -17,7 +17,10 @@ os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
 os.environ.setdefault('FASTDDS_DEFAULT_PROFILES_FILE',
                       str(REPO_ROOT / 'fastdds' / 'large_frames.xml'))
 # Two cores: keep torch from oversubscribing when node subprocesses run beside it.
+# Idle OpenMP threads must sleep, not spin: with spinning workers a pytest process and
+# a node subprocess each using torch slow each other down up to 10x (measured here).
 os.environ.setdefault('OMP_NUM_THREADS', '2')
+os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 
 
 def pytest_collection_modifyitems(config, items):
