@@ -357,19 +357,9 @@ def evaluate_bag(bag_path, output_dir, pipeline, topic: Optional[str] = None,
                         msg = bag_io.deserialize(message.rawdata, message.msgtype)
                         stamp_ns = bag_io.stamp_to_ns(msg.header.stamp)
                         frame = bag_io.decode_frame(msg)
-                    except (bag_io.MessageDecodeError, ImageConversionError) as error:
-                        record = _frame_record(message, stamp_ns)
-                        record['reason'] = str(error)
-                        skipped.append(record)
-                        LOGGER.warning('frame %d skipped: %s', message.index, error)
-                        if face_labels is not None:
-                            for label in face_labels.take(message.index, stamp_ns):
-                                tally.missed.append({'line': label.line,
-                                                     'reason': 'frame skipped'})
-                        continue
-                    try:
                         estimates, timings = pipeline.process(frame, color_order='bgr')
-                    except InvalidImageError as error:
+                    except (bag_io.MessageDecodeError, ImageConversionError,
+                            InvalidImageError) as error:
                         record = _frame_record(message, stamp_ns)
                         record['reason'] = str(error)
                         skipped.append(record)

@@ -23,16 +23,6 @@ POOL_SHAPES = {'q': (192, 192), 'kv': (192, 384), 'proj': (192, 192), 'mlp.fc1':
                'mlp.fc2': (768, 192)}
 
 
-@pytest.fixture(scope='module', autouse=True)
-def one_torch_thread():
-    """Run this module's models on one CPU thread: on the shared 2-core machine, two
-    OpenMP threads spin against other processes and run PE-Core-T several times slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope='module')
 def base_model():
     """One PE-Core-T multitask model (random weights); every test adapts a deep copy."""

@@ -17,16 +17,6 @@ from soft_biometrics_ros.device import resolve_device, resolve_precision
 NAME = 'PE-Core-T-16-384'
 
 
-@pytest.fixture(scope='module', autouse=True)
-def one_torch_thread():
-    """Run this module's models on one CPU thread: on the shared 2-core machine, two
-    OpenMP threads spin against other processes and run PE-Core-T several times slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 class _Records(logging.Handler):
     def __init__(self):
         super().__init__(logging.WARNING)

@@ -20,16 +20,6 @@ NAME = 'PE-Core-T-16-384'
 SIZE = 128  # small inputs keep forward passes cheap; the architecture is PE-Core-T's
 
 
-@pytest.fixture(scope='module', autouse=True)
-def one_torch_thread():
-    """Run this module's models on one CPU thread: on the shared 2-core machine, two
-    OpenMP threads spin against other processes and run PE-Core-T several times slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope='module')
 def backbone_file(tmp_path_factory):
     """A local PE-Core-T vision weights file (random values), standing in for real weights."""

@@ -20,16 +20,6 @@ from soft_biometrics_ros.zero_shot import (
 NAME = 'PE-Core-T-16-384'
 
 
-@pytest.fixture(scope='module', autouse=True)
-def one_torch_thread():
-    """Run this module's models on one CPU thread: on the shared 2-core machine, two
-    OpenMP threads spin against other processes and run PE-Core-T several times slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope='module')
 def classifier():
     """Zero-shot classifier of PE-Core-T with random weights, built like the node does."""
