@@ -55,7 +55,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from tqdm import tqdm
 
-from soft_biometrics_ros import bag_io, labels
+from soft_biometrics_ros import bag_io, labels, predict_cli
 from soft_biometrics_ros.tracking import iou as box_iou
 
 LOGGER = logging.getLogger('soft_biometrics_eval')
@@ -437,22 +437,6 @@ def _write_metrics(face_labels: LabelIndex, tally: LabelTally, output_dir: Path,
 
 # ----------------------------------------------------------------------------- command line
 
-# Option groups of soft_biometrics_predict that describe the pipeline; shared so both
-# commands take the same model and detection options with the same defaults.
-PIPELINE_OPTION_GROUPS = ('model', 'face detection')
-
-
-def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add soft_biometrics_predict's model and face-detection options to `parser`."""
-    from soft_biometrics_ros import predict_cli
-    source = predict_cli.build_parser()
-    for group in source._action_groups:
-        if group.title in PIPELINE_OPTION_GROUPS:
-            target = parser.add_argument_group(group.title, group.description)
-            for action in group._group_actions:
-                target._add_action(action)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """Return the command-line parser of soft_biometrics_eval."""
     description, labels_doc = __doc__.split('\n\n', 1)[0], __doc__.split('Labels CSV', 1)[1]
@@ -475,7 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help='rosbag2 version of the output bag (default: 8 for Humble-era '
                              'inputs, else 9)')
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
-    add_pipeline_arguments(parser)
+    predict_cli.add_pipeline_arguments(parser)
     return parser
 
 
@@ -495,7 +479,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
     parser = build_parser()
     args = parser.parse_args(argv)
-    from soft_biometrics_ros import predict_cli
     try:
         _check_inputs(args)
         config = predict_cli.pipeline_config(args)

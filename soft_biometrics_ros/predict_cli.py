@@ -65,13 +65,8 @@ class Summary:
         return self.images + self.frames
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Return the command-line parser."""
-    parser = argparse.ArgumentParser(
-        prog='soft_biometrics_predict', description=DESCRIPTION, epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('inputs', nargs='+', metavar='PATH',
-                        help='image files, folders of images/videos, or video files')
+def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the model and face-detection options (shared by every pipeline command)."""
     model = parser.add_argument_group('model')
     model.add_argument('--checkpoint', default='', metavar='DIR',
                        help='trained checkpoint directory (default: zero-shot PE-Core CLIP)')
@@ -100,6 +95,16 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument('--margin', type=float, default=0.2,
                         help='crop margin per side, fraction of the face box (default: 0.2)')
     detect.add_argument('--align', action='store_true', help='level the eyes in face crops')
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the command-line parser."""
+    parser = argparse.ArgumentParser(
+        prog='soft_biometrics_predict', description=DESCRIPTION, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('inputs', nargs='+', metavar='PATH',
+                        help='image files, folders of images/videos, or video files')
+    add_pipeline_arguments(parser)
     out = parser.add_argument_group('output')
     out.add_argument('--json', action='store_true',
                      help='one JSON object per image or frame on stdout (JSON lines)')
