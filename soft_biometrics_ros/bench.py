@@ -295,6 +295,9 @@ def _split_list(values) -> Tuple[str, ...]:
     return tuple(out)
 
 
+# What a run measures; --sections picks a subset (node needs pipeline).
+SECTIONS: Tuple[str, ...] = ('costs', 'train', 'pipeline', 'node')
+
 BACKBONE_ALIASES = {'T': 'PE-Core-T-16-384', 'S': 'PE-Core-S-16-384', 'B': 'PE-Core-B-16',
                     'L': 'PE-Core-L-14-336', 'G': 'PE-Core-bigG-14-448'}
 
@@ -336,6 +339,7 @@ class BenchConfig:
     channels_last: bool = False
     compile: bool = False
     pretrained: str = 'none'
+    sections: Tuple[str, ...] = SECTIONS
     threads: int = 0
     json: str = ''
 
@@ -344,6 +348,11 @@ class BenchConfig:
         self.train_backbones = tuple(BACKBONE_ALIASES.get(b, b)
                                      for b in _split_list(self.train_backbones))
         self.methods = _split_list(self.methods)
+        self.sections = _split_list(self.sections)
+        for section in self.sections:
+            if section not in SECTIONS:
+                raise ValueError(f'sections: unknown section {section!r}; sections are '
+                                 f'{", ".join(SECTIONS)}')
         self.precisions = tuple(p.lower() for p in _split_list(self.precisions))
         if not self.backbones:
             raise ValueError('backbones is empty; name at least one PE-Core backbone')
@@ -412,7 +421,7 @@ SUITES: Dict[str, Dict[str, Any]] = {
     # `make bench`: a few minutes on 2 CPU cores.
     'cpu': dict(backbones=(T, S), methods=('linear_probe', 'partial', 'lora', 'mtlora'),
                 device='cpu', precisions=('fp32',), faces=1, frame=(640, 480), iterations=15,
-                warmup=2, batch_sizes=(1, 8, 32), batch_seconds=6.0, train_batch=8,
+                warmup=2, batch_sizes=(1, 8, 32), batch_seconds=6.0, train_batch=4,
                 train_steps=2, train_backbones=(T,), node=True),
     # `make gpu-check`: T/B/L in fp32 and bf16 on 1080p frames with 5 faces.
     'gpu': dict(backbones=(T, B, L), methods=('linear_probe', 'lora', 'mtlora'),
@@ -1033,33 +1042,39 @@ def bench_backbone(cfg: BenchConfig, backbone: str, device: torch.device, frame:
     from soft_biometrics_ros.pipeline import Pipeline, PipelineConfig
 
     entry: Dict[str, Any] = {'backbone': backbone, 'device': str(device)}
-    logger.info('[%s] zero-shot model: parameters and FLOPs', backbone)
-    zero_shot = build_classifier(None, backbone=backbone, pretrained=cfg.pretrained,
-                                 device=str(device), precision='fp32')
-    counts = zero_shot.parameter_counts
-    entry['params'] = {'clip_total': counts.total, 'vision_tower': counts.vision,
-                       'text_tower': counts.text}
-    flops = model_flops_per_face(zero_shot, device)
-    entry['flop_counting'] = flops.counting
-    entry['zero_shot'] = {'params_loaded': parameter_counts(zero_shot)['total'],
-                          'flops_per_face': flops.to_dict()}
-    del zero_shot
-    _free(device)
+    costs = 'costs' in cfg.sections
+    if costs:
+        logger.info('[%s] zero-shot model: parameters and FLOPs', backbone)
+        zero_shot = build_classifier(None, backbone=backbone, pretrained=cfg.pretrained,
+                                     device=str(device), precision='fp32')
+        counts = zero_shot.parameter_counts
+        entry['params'] = {'clip_total': counts.total, 'vision_tower': counts.vision,
+                           'text_tower': counts.text}
+        flops = model_flops_per_face(zero_shot, device)
+        entry['flop_counting'] = flops.counting
+        entry['zero_shot'] = {'params_loaded': parameter_counts(zero_shot)['total'],
+                              'flops_per_face': flops.to_dict()}
+        del zero_shot
+        _free(device)
 
     checkpoint = ''
     entry['methods'] = {}
-    train_here = not cfg.train_backbones or backbone in cfg.train_backbones
+    train_here = 'train' in cfg.sections and (
+        not cfg.train_backbones or backbone in cfg.train_backbones)
+    needs_checkpoint = 'pipeline' in cfg.sections and cfg.pipeline_method != ZERO_SHOT
     for method in cfg.methods:
-        logger.info('[%s] method %s: parameters, FLOPs%s', backbone, method,
-                    ', training step' if train_here else '')
+        if not (costs or train_here or (needs_checkpoint and method == cfg.pipeline_method)):
+            continue
+        logger.info('[%s] method %s:%s%s', backbone, method,
+                    ' parameters, FLOPs' if costs else '', ' training step' if train_here else '')
         model = build_multitask_model(backbone, pretrained=cfg.pretrained, method=method,
                                       device=device)
-        summary = model.parameter_summary()
-        info: Dict[str, Any] = {
-            'params': {**summary, 'trainable_percent': round(
-                100.0 * summary['trainable'] / max(1, summary['total']), 3)},
-            'flops_per_face': model_flops_per_face(model, device).to_dict(),
-        }
+        info: Dict[str, Any] = {}
+        if costs:
+            summary = model.parameter_summary()
+            info['params'] = {**summary, 'trainable_percent': round(
+                100.0 * summary['trainable'] / max(1, summary['total']), 3)}
+            info['flops_per_face'] = model_flops_per_face(model, device).to_dict()
         if train_here:
             info['train'] = {}
             for precision in cfg.precisions:
@@ -1070,7 +1085,7 @@ def bench_backbone(cfg: BenchConfig, backbone: str, device: torch.device, frame:
                 info['train'][key] = bench_training_step(
                     model, method, cfg.train_batch, cfg.train_steps, cfg.train_warmup,
                     device, dtype, desc=f'train {method} {key}')
-        if merge_for_inference(model):
+        if merge_for_inference(model) and costs:
             # What a deployed (exported) model runs: adapters folded into the weights.
             info['flops_per_face_merged'] = model_flops_per_face(model, device).to_dict()
         if method == cfg.pipeline_method:
@@ -1080,6 +1095,8 @@ def bench_backbone(cfg: BenchConfig, backbone: str, device: torch.device, frame:
         _free(device)
 
     entry['inference'] = {}
+    if 'pipeline' not in cfg.sections:
+        return entry
     crop = face_crop_rgb(frame)
     logger.info('[%s] pipeline (%s) on %dx%d with %d face(s)', backbone, cfg.pipeline_method,
                 cfg.frame[0], cfg.frame[1], cfg.faces)
@@ -1110,7 +1127,7 @@ def bench_backbone(cfg: BenchConfig, backbone: str, device: torch.device, frame:
             pipeline.classifier, crop, cfg.batch_sizes, cfg.iterations, 1, cfg.batch_seconds,
             device)
         result['classifier_memory'] = memory.read()
-        if cfg.node and with_ros:
+        if cfg.node and 'node' in cfg.sections and with_ros:
             logger.info('[%s %s] node over ROS vs pipeline alone', backbone, key)
             parameters = {'checkpoint': checkpoint, 'backbone': backbone,
                           'pretrained': cfg.pretrained, 'device': str(device),
@@ -1122,7 +1139,7 @@ def bench_backbone(cfg: BenchConfig, backbone: str, device: torch.device, frame:
             result['node'] = bench_node(
                 path, frame, parameters, cfg.iterations, cfg.warmup, cfg.node_timeout,
                 workdir / f'node-{_short(backbone)}-{key}.log', frame_timeout)
-        elif cfg.node:
+        elif cfg.node and 'node' in cfg.sections:
             result['node'] = {'skipped': f'ROS 2 not importable ({ros_reason})'}
         entry['inference'][key] = result
     del pipeline, path
@@ -1251,14 +1268,17 @@ def format_tables(results: dict) -> str:
                    if inf['memory']['cuda_max_allocated_mib'] is not None else ''),
             ])
     batch_sizes = '/'.join(str(b) for b in cfg['batch_sizes'])
-    lines += ['Inference (ms are medians; node/pipeline = publish->answer latency over the '
-              'pipeline alone, (node\'s own processing time over it))',
-              _table(['backbone', 'prec', 'model', 'fps', 'e2e ms med/p95',
-                      'decode img/jpeg', 'detect', 'crop', 'classify', 'msg',
-                      f'faces/s b{batch_sizes}', 'faces', 'node/pipeline',
-                      'peak MiB cpu/cuda'], rows), '']
+    if rows:
+        lines += ['Inference (ms are medians; node/pipeline = publish->answer latency over the '
+                  'pipeline alone, (node\'s own processing time over it))',
+                  _table(['backbone', 'prec', 'model', 'fps', 'e2e ms med/p95',
+                          'decode img/jpeg', 'detect', 'crop', 'classify', 'msg',
+                          f'faces/s b{batch_sizes}', 'faces', 'node/pipeline',
+                          'peak MiB cpu/cuda'], rows), '']
     rows = []
     for run_ in results['runs']:
+        if 'params' not in run_:
+            continue
         params = run_['params']
         zs = run_['zero_shot']
         rows.append([_short(run_['backbone']), ZERO_SHOT,
@@ -1275,10 +1295,11 @@ def format_tables(results: dict) -> str:
                          f'{info["flops_per_face_merged"]["gflops"]:.3f}'
                          if 'flops_per_face_merged' in info else '-',
                          f'{info["flops_per_face"]["attention_gflops"]:.3f}'])
-    lines += ['Model cost (parameters in millions; GFLOPs per face, attention included; '
-              'merged = adapters folded into the weights for deployment)',
-              _table(['backbone', 'method', 'params M', 'vision / text M', 'trainable M',
-                      'GFLOPs/face', 'merged', 'of which attention'], rows), '']
+    if rows:
+        lines += ['Model cost (parameters in millions; GFLOPs per face, attention included; '
+                  'merged = adapters folded into the weights for deployment)',
+                  _table(['backbone', 'method', 'params M', 'vision / text M', 'trainable M',
+                          'GFLOPs/face', 'merged', 'of which attention'], rows), '']
     rows = []
     for run_ in results['runs']:
         for method, info in run_['methods'].items():
@@ -1294,7 +1315,7 @@ def format_tables(results: dict) -> str:
         lines += ['Training step (forward + masked CE + backward + optimizer step)',
                   _table(['backbone', 'prec', 'method', 'batch', 'step ms', 'samples/s',
                           'peak MiB cpu/cuda'], rows), '']
-    if results['runs']:
+    if results['runs'] and 'flop_counting' in results['runs'][0]:
         lines.append(f'FLOPs: {results["runs"][0]["flop_counting"]}')
     return '\n'.join(lines)
 
@@ -1307,7 +1328,7 @@ def format_short_table(results: dict) -> str:
     for run_ in results['runs']:
         method = run_['methods'].get(cfg['pipeline_method'], {})
         flops = method.get('flops_per_face_merged') or method.get('flops_per_face') or \
-            run_['zero_shot']['flops_per_face']
+            run_.get('zero_shot', {}).get('flops_per_face')
         for precision, inf in run_['inference'].items():
             memory = inf['memory']
             node = inf.get('node') or {}
@@ -1316,7 +1337,7 @@ def format_short_table(results: dict) -> str:
                 f'{inf["end_to_end"]["median_ms"]:.1f}', _ms(inf['stages'].get('detect')),
                 _ms(inf['stages'].get('classify')),
                 f'{inf["classifier_batches"][largest]["faces_per_s"]:.0f}',
-                f'{flops["gflops"]:.2f}',
+                f'{flops["gflops"]:.2f}' if flops else '-',
                 f'{memory["cuda_max_allocated_mib"]:.0f}'
                 if memory['cuda_max_allocated_mib'] is not None
                 else f'{memory["cpu_peak_rss_mib"]:.0f} (RSS)',
@@ -1370,6 +1391,7 @@ def build_parser() -> argparse.ArgumentParser:
     add('--compile', action='store_true', default=None, help='torch.compile the classifier')
     add('--pretrained', help="backbone weights: 'none' (random, default), 'meta' or a file")
     add('--threads', type=int, help='torch CPU threads (0 = torch default)')
+    add('--sections', help=f'comma list of what to measure: {", ".join(SECTIONS)} (default all)')
     add('--json', metavar='FILE', help='write all results as JSON to FILE')
     add('--short', action='store_true', help='print one short table instead of three')
     return parser
