@@ -1034,14 +1034,37 @@ def save_method_checkpoint(model, directory: Path) -> str:
 
 def bench_backbone(cfg: BenchConfig, backbone: str, device: torch.device, frame: BenchFrame,
                    with_ros: bool, ros_reason: str, workdir: Path) -> dict:
-    """Every section for one backbone: costs, training steps, pipeline, classifier, node."""
+    """Run every section for one backbone and return its results.
+
+    Inference (pipeline, classifier, node) runs first, so its peak memory is not
+    inflated by the models the cost and training sections build afterwards.
+    """
+    entry: Dict[str, Any] = {'backbone': backbone, 'device': str(device)}
+    bench_inference(cfg, backbone, device, frame, with_ros, ros_reason, workdir, entry)
+    bench_costs_and_training(cfg, backbone, device, entry)
+    return entry
+
+
+def method_checkpoint(backbone: str, method: str, pretrained: str, directory: Path) -> str:
+    """Save a random-weight model of `method`, merged as deployed, for the pipeline/node."""
+    from soft_biometrics_ros.adapters import merge_for_inference
+    from soft_biometrics_ros.model import build_multitask_model
+
+    model = build_multitask_model(backbone, pretrained=pretrained, method=method)
+    merge_for_inference(model)
+    path = save_method_checkpoint(model, directory)
+    del model
+    return path
+
+
+def bench_costs_and_training(cfg: BenchConfig, backbone: str, device: torch.device,
+                             entry: dict) -> dict:
+    """Parameters and FLOPs (zero-shot and every method) and training steps, into `entry`."""
     from soft_biometrics_ros.adapters import merge_for_inference
     from soft_biometrics_ros.classifier import build_classifier
     from soft_biometrics_ros.device import precision_name, resolve_precision
     from soft_biometrics_ros.model import build_multitask_model
-    from soft_biometrics_ros.pipeline import Pipeline, PipelineConfig
 
-    entry: Dict[str, Any] = {'backbone': backbone, 'device': str(device)}
     costs = 'costs' in cfg.sections
     if costs:
         logger.info('[%s] zero-shot model: parameters and FLOPs', backbone)
@@ -1057,13 +1080,11 @@ def bench_backbone(cfg: BenchConfig, backbone: str, device: torch.device, frame:
         del zero_shot
         _free(device)
 
-    checkpoint = ''
     entry['methods'] = {}
     train_here = 'train' in cfg.sections and (
         not cfg.train_backbones or backbone in cfg.train_backbones)
-    needs_checkpoint = 'pipeline' in cfg.sections and cfg.pipeline_method != ZERO_SHOT
     for method in cfg.methods:
-        if not (costs or train_here or (needs_checkpoint and method == cfg.pipeline_method)):
+        if not (costs or train_here):
             continue
         logger.info('[%s] method %s:%s%s', backbone, method,
                     ' parameters, FLOPs' if costs else '', ' training step' if train_here else '')
@@ -1088,15 +1109,25 @@ def bench_backbone(cfg: BenchConfig, backbone: str, device: torch.device, frame:
         if merge_for_inference(model) and costs:
             # What a deployed (exported) model runs: adapters folded into the weights.
             info['flops_per_face_merged'] = model_flops_per_face(model, device).to_dict()
-        if method == cfg.pipeline_method:
-            checkpoint = save_method_checkpoint(model, workdir / f'{backbone}-{method}')
         entry['methods'][method] = info
         del model
         _free(device)
+    return entry
+
+
+def bench_inference(cfg: BenchConfig, backbone: str, device: torch.device, frame: BenchFrame,
+                    with_ros: bool, ros_reason: str, workdir: Path, entry: dict) -> dict:
+    """Pipeline stages, classifier batches and the node comparison per precision, into `entry`."""
+    from soft_biometrics_ros.device import precision_name, resolve_precision
+    from soft_biometrics_ros.pipeline import Pipeline, PipelineConfig
 
     entry['inference'] = {}
     if 'pipeline' not in cfg.sections:
         return entry
+    checkpoint = ''
+    if cfg.pipeline_method != ZERO_SHOT:
+        checkpoint = method_checkpoint(backbone, cfg.pipeline_method, cfg.pretrained,
+                                       workdir / f'{backbone}-{cfg.pipeline_method}')
     crop = face_crop_rgb(frame)
     logger.info('[%s] pipeline (%s) on %dx%d with %d face(s)', backbone, cfg.pipeline_method,
                 cfg.frame[0], cfg.frame[1], cfg.faces)
