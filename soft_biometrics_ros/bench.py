@@ -998,10 +998,17 @@ def bench_node(path: InferencePath, frame: BenchFrame, parameters: Mapping[str, 
 # --------------------------------------------------------------------------- the run
 
 def _free(device: torch.device) -> None:
+    """Release freed models' memory, so the next section's peak RSS is its own."""
+    import ctypes
     import gc
     gc.collect()
     if device.type == 'cuda':
         torch.cuda.empty_cache()
+    if sys.platform.startswith('linux'):
+        try:  # glibc keeps freed heap pages mapped; hand them back to the OS
+            ctypes.CDLL('libc.so.6').malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
 
 
 def optimize_classifier(classifier: torch.nn.Module, channels_last: bool, compile_model: bool
@@ -1128,6 +1135,7 @@ def bench_inference(cfg: BenchConfig, backbone: str, device: torch.device, frame
     if cfg.pipeline_method != ZERO_SHOT:
         checkpoint = method_checkpoint(backbone, cfg.pipeline_method, cfg.pretrained,
                                        workdir / f'{backbone}-{cfg.pipeline_method}')
+        _free(device)
     crop = face_crop_rgb(frame)
     logger.info('[%s] pipeline (%s) on %dx%d with %d face(s)', backbone, cfg.pipeline_method,
                 cfg.frame[0], cfg.frame[1], cfg.faces)
