@@ -881,7 +881,7 @@ class NodeUnderTest:
         raise TimeoutError(f'the node did not answer within {timeout:.0f} s; its log ends:\n'
                            f'{self.log_tail()}')
 
-    def diagnostics_after(self, processed: int, timeout: float = 10.0
+    def diagnostics_after(self, processed: int, timeout: float = 20.0
                           ) -> Optional[Dict[str, str]]:
         """Wait for a /diagnostics report counting >= `processed` frames; return its values."""
         deadline = time.perf_counter() + timeout
