@@ -413,7 +413,7 @@ T, S, B, L = (BACKBONE_ALIASES[k] for k in 'TSBL')
 
 # Named sets of defaults; command-line options override any of them.
 SUITES: Dict[str, Dict[str, Any]] = {
-    # Seconds: the smallest run that exercises every section (tests, smoke checks).
+    # Under a minute: the smallest run that exercises every section (tests, smoke checks).
     'quick': dict(backbones=(T,), methods=('linear_probe', 'lora'), device='cpu',
                   precisions=('fp32',), faces=1, frame=(320, 240), iterations=3, warmup=1,
                   batch_sizes=(1, 4), batch_seconds=2.0, train_batch=2, train_steps=1,
@@ -1401,7 +1401,7 @@ def build_parser() -> argparse.ArgumentParser:
                     'training-step speed of PE-Core backbones and adaptation methods.')
     add = parser.add_argument
     add('--suite', default='cpu', choices=sorted(SUITES),
-        help='named defaults: quick (seconds), cpu (make bench), gpu (make gpu-check)')
+        help='named defaults: quick (under a minute), cpu (make bench), gpu (make gpu-check)')
     add('--backbone', action='append', dest='backbones', metavar='NAME',
         help='PE-Core backbone (repeatable or comma list; T, S, B, L, G abbreviate)')
     add('--method', action='append', dest='methods', metavar='NAME',
