@@ -43,16 +43,11 @@ from torch.utils import flop_counter
 from tqdm import tqdm
 
 from soft_biometrics_ros import labels
+from soft_biometrics_ros.bench import attention_flop_formulas
 
 LOGGER = logging.getLogger(__name__)
 
 ZERO_SHOT = 'zero_shot'
-# CPU attention kernels FlopCounterMode may lack a formula for; counted like the CUDA ones.
-_SDPA_VARIANTS = ('_scaled_dot_product_flash_attention_for_cpu',
-                  '_scaled_dot_product_efficient_attention',
-                  '_scaled_dot_product_flash_attention',
-                  '_scaled_dot_product_cudnn_attention')
-
 COLUMNS: Tuple[Tuple[str, str], ...] = (
     ('method', 'method'),
     ('age_accuracy', 'age acc'), ('gender_accuracy', 'gender acc'),
@@ -68,26 +63,6 @@ COLUMNS: Tuple[Tuple[str, str], ...] = (
 
 # --------------------------------------------------------------------------- cost
 
-def _attention_flops(query, key, value, *args, out_val=None, **kwargs) -> int:
-    """Return the FLOPs of softmax(Q K^T) V, as torch counts its CUDA attention kernels."""
-    return flop_counter.sdpa_flop_count(tuple(query.shape), tuple(key.shape),
-                                        tuple(value.shape))
-
-
-_attention_flops._get_raw = True  # FlopCounterMode passes the tensors themselves
-
-
-def missing_attention_formulas() -> Dict[object, object]:
-    """Return {aten op: formula} for attention kernels FlopCounterMode does not count."""
-    registry = flop_counter.FlopCounterMode(display=False).flop_registry
-    mapping = {}
-    for name in _SDPA_VARIANTS:
-        packet = getattr(torch.ops.aten, name, None)
-        if packet is not None and packet not in registry:
-            mapping[packet] = _attention_flops
-    return mapping
-
-
 def count_flops(model: nn.Module, images: torch.Tensor) -> Tuple[int, List[str]]:
     """Return (FLOPs of model(images), notes on what was added to FlopCounterMode's count).
 
@@ -95,7 +70,7 @@ def count_flops(model: nn.Module, images: torch.Tensor) -> Tuple[int, List[str]]
     needs it for some modules) and counts every aten op with a known formula, the CPU
     attention kernel included (see the module docstring).
     """
-    extra = missing_attention_formulas()
+    extra, _ = attention_flop_formulas()
     counter = flop_counter.FlopCounterMode(display=False, custom_mapping=extra)
     was_training = model.training
     model.eval()
