@@ -109,27 +109,22 @@ def match(track_boxes: Sequence[Box], boxes: Sequence[Box], iou_threshold: float
     """
     pairs: List[Tuple[int, int]] = []
     used_tracks, used_boxes = set(), set()
+
+    def take(candidates) -> None:
+        # Candidates come sorted best first and already filtered by their threshold.
+        for ti, bi in candidates:
+            if ti not in used_tracks and bi not in used_boxes:
+                pairs.append((ti, bi))
+                used_tracks.add(ti)
+                used_boxes.add(bi)
+
     by_iou = sorted(((iou(t, b), ti, bi) for ti, t in enumerate(track_boxes)
                      for bi, b in enumerate(boxes)), reverse=True)
-    for overlap, ti, bi in by_iou:
-        if overlap < iou_threshold or overlap <= 0:
-            break
-        if ti in used_tracks or bi in used_boxes:
-            continue
-        pairs.append((ti, bi))
-        used_tracks.add(ti)
-        used_boxes.add(bi)
+    take((ti, bi) for overlap, ti, bi in by_iou if overlap >= iou_threshold and overlap > 0)
     by_distance = sorted((center_distance(t, b), ti, bi) for ti, t in enumerate(track_boxes)
                          for bi, b in enumerate(boxes)
                          if ti not in used_tracks and bi not in used_boxes)
-    for distance, ti, bi in by_distance:
-        if distance >= max_center_distance:
-            break
-        if ti in used_tracks or bi in used_boxes:
-            continue
-        pairs.append((ti, bi))
-        used_tracks.add(ti)
-        used_boxes.add(bi)
+    take((ti, bi) for distance, ti, bi in by_distance if distance < max_center_distance)
     return pairs
 
 
