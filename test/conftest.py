@@ -1,5 +1,6 @@
 """Session-wide test settings: an isolated, loopback-only ROS graph per test session."""
 
+import logging
 import os
 import random
 from pathlib import Path
@@ -42,3 +43,15 @@ def pytest_collection_modifyitems(config, items):
 def repo_root() -> Path:
     """Return the repository root."""
     return REPO_ROOT
+
+
+class WarningRecords(logging.Handler):
+    """Collects the messages of WARNING and above (for module-scoped fixtures, where
+    pytest's function-scoped caplog is not available)."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())

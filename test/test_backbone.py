@@ -13,23 +13,15 @@ from soft_biometrics_ros.backbone import (
     BackboneError, count_parameters, list_backbones, load_clip, load_vision_tower,
     preprocess_config, preprocess_images, weights_fingerprint)
 from soft_biometrics_ros.device import resolve_device, resolve_precision
+from conftest import WarningRecords
 
 NAME = 'PE-Core-T-16-384'
-
-
-class _Records(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.messages = []
-
-    def emit(self, record):
-        self.messages.append(record.getMessage())
 
 
 @pytest.fixture(scope='module')
 def tower():
     """The PE-Core-T vision tower with random weights, and the warnings its build logged."""
-    records = _Records()
+    records = WarningRecords()
     logging.getLogger('soft_biometrics_ros').addHandler(records)
     try:
         pe_core = load_vision_tower(NAME, 'none')

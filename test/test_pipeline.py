@@ -13,6 +13,7 @@ from soft_biometrics_ros.estimates import FaceEstimate
 from soft_biometrics_ros.pipeline import (STAGES, InvalidImageError, Pipeline, PipelineConfig,
                                           to_rgb)
 from soft_biometrics_ros.sample_data import box_iou
+from conftest import WarningRecords
 
 
 class CountingClassifier:
@@ -30,15 +31,6 @@ class CountingClassifier:
         return self.inner.predict_proba(batch)
 
 
-class _Records(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.messages = []
-
-    def emit(self, record):
-        self.messages.append(record.getMessage())
-
-
 @pytest.fixture(scope='module')
 def built():
     """A Pipeline built from its config alone (the one classifier of this module).
@@ -46,7 +38,7 @@ def built():
     device='cuda' runs on the GPU where there is one and falls back to the CPU with a
     warning elsewhere; the warnings logged while building are returned too.
     """
-    records = _Records()
+    records = WarningRecords()
     root = logging.getLogger()
     root.addHandler(records)
     try:
