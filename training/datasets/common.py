@@ -19,6 +19,7 @@ never moves others), 'val' out of 'train' where a data set has no official val, 
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import logging
 import math
@@ -27,7 +28,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import IO, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -202,6 +203,23 @@ def require_file(name: str, path: Path, what: str) -> Path:
         raise DatasetError(f'data.{name}.root: {what} {path} not found; is the root the '
                            f'folder the data set unpacks to?')
     return path
+
+
+def csv_rows(handle: IO[str], required: Sequence[str], key: str,
+             file_name: str) -> Iterable[Tuple[int, dict]]:
+    """Yield (line number, row) of a CSV file whose header must hold `required` columns.
+
+    Header names are stripped of spaces (the files in the wild have irregular spacing);
+    a missing column raises DatasetError naming the config key `key`.
+    """
+    reader = csv.DictReader(handle)
+    columns = [c.strip() for c in reader.fieldnames or []]
+    missing = [c for c in required if c not in columns]
+    if missing:
+        raise DatasetError(f'{key}: {file_name} lacks column(s) '
+                           f'{", ".join(missing)}; header is {columns}')
+    reader.fieldnames = columns
+    return enumerate(reader, start=2)
 
 
 def image_problem(path: str, verify: bool = True) -> Optional[str]:

@@ -20,13 +20,12 @@ Split: official. FairFace's val set is the benchmark everyone reports, so it bec
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import List, Tuple
 
 from soft_biometrics_ros.labels import age_group_index, class_index
 
-from .common import (DatasetError, ReadReport, Sample, SourceData, keep_readable,
+from .common import (DatasetError, ReadReport, Sample, SourceData, csv_rows, keep_readable,
                      make_targets, register_reader, require_root)
 
 NAME = 'fairface'
@@ -63,14 +62,8 @@ def read_fairface(root: str | Path, image_dir: str = '', verify_images: bool = T
     rows: List[Tuple[dict, str, str]] = []
     for path, split in present:
         with open(path, newline='', encoding='utf-8') as handle:
-            reader = csv.DictReader(handle)
-            columns = [c.strip() for c in reader.fieldnames or []]
-            missing = [c for c in REQUIRED_COLUMNS if c not in columns]
-            if missing:
-                raise DatasetError(f'data.fairface.root: {path.name} lacks column(s) '
-                                   f'{", ".join(missing)}; header is {columns}')
-            reader.fieldnames = columns
-            for number, row in enumerate(reader, start=2):
+            for number, row in csv_rows(handle, REQUIRED_COLUMNS, 'data.fairface.root',
+                                        path.name):
                 rows.append((row, split, f'{path.name}:{number}'))
     first_file = next((r['file'].strip() for r, _, _ in rows if r.get('file')), '')
     images = _image_dir(root, image_dir, first_file)

@@ -26,14 +26,13 @@ configured seed (all faces of an image stay in one split).
 
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 from typing import List, Tuple
 
 from soft_biometrics_ros.labels import IGNORE_INDEX, age_to_group_index, class_index
 
-from .common import (DatasetError, ReadReport, Sample, SourceData, keep_readable,
+from .common import (ReadReport, Sample, SourceData, csv_rows, keep_readable,
                      make_targets, register_reader, require_file, require_root)
 
 NAME = 'lagenda'
@@ -87,14 +86,7 @@ def read_lagenda(root: str | Path, image_dir: str = '', face_margin: float = 0.2
     report = ReadReport(NAME, str(root))
     candidates: List[Tuple[Sample, str]] = []
     with open(label_file, newline='', encoding='utf-8') as handle:
-        reader = csv.DictReader(handle)
-        columns = [c.strip() for c in reader.fieldnames or []]
-        missing = [c for c in REQUIRED_COLUMNS if c not in columns]
-        if missing:
-            raise DatasetError(f'data.lagenda.root: {LABEL_FILE} lacks column(s) '
-                               f'{", ".join(missing)}; header is {columns}')
-        reader.fieldnames = columns
-        for number, row in enumerate(reader, start=2):
+        for number, row in csv_rows(handle, REQUIRED_COLUMNS, 'data.lagenda.root', LABEL_FILE):
             where = f'{LABEL_FILE}:{number}'
             try:
                 name, years, age, gender, box = _parse_row(row)
