@@ -143,7 +143,6 @@ def preprocess_images(crops: Sequence[np.ndarray], config: PreprocessConfig,
     size = config.size
     if len(crops) == 0:
         return torch.empty((0, 3, size, size), dtype=torch.float32, device=device)
-    resized = []
     for index, crop in enumerate(crops):
         if not isinstance(crop, np.ndarray):
             raise ValueError(f'crop {index} is a {type(crop).__name__}, expected a numpy array')
@@ -152,13 +151,28 @@ def preprocess_images(crops: Sequence[np.ndarray], config: PreprocessConfig,
                 f'crop {index} has shape {crop.shape}; expected H x W x 3 (RGB) with H, W >= 1')
         if crop.dtype != np.uint8:
             raise ValueError(f'crop {index} has dtype {crop.dtype}; expected uint8 RGB')
-        image = torch.from_numpy(np.ascontiguousarray(crop)).to(device)
-        image = image.permute(2, 0, 1).unsqueeze(0).float()
-        if image.shape[-2:] != (size, size):
-            image = F.interpolate(image, size=(size, size), mode=config.interpolation,
-                                  align_corners=False, antialias=True)
-        resized.append(image)
-    batch = torch.cat(resized).div_(255.0).clamp_(0.0, 1.0)
+    # The whole batch crosses to the device in ONE copy (not one per face): as uint8
+    # when every crop already has the input size (the pipeline's crops do), else as
+    # float32 after resizing the odd-sized crops on the CPU.
+    channels_last = all(crop.shape[:2] == (size, size) for crop in crops)
+    if channels_last:
+        host = torch.from_numpy(np.stack(crops))  # (N, S, S, 3) uint8
+    else:
+        resized = []
+        for crop in crops:
+            image = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1)
+            image = image.unsqueeze(0).float()
+            if image.shape[-2:] != (size, size):
+                image = F.interpolate(image, size=(size, size), mode=config.interpolation,
+                                      align_corners=False, antialias=True)
+            resized.append(image)
+        host = torch.cat(resized)
+    if device.type == 'cuda':
+        host = host.pin_memory()
+    batch = host.to(device, non_blocking=True)
+    if channels_last:
+        batch = batch.permute(0, 3, 1, 2)
+    batch = batch.float().div_(255.0).clamp_(0.0, 1.0)
     mean = torch.tensor(config.mean, dtype=batch.dtype, device=device).view(1, 3, 1, 1)
     std = torch.tensor(config.std, dtype=batch.dtype, device=device).view(1, 3, 1, 1)
     return (batch - mean) / std

@@ -52,6 +52,7 @@ from torch.utils import flop_counter
 from tqdm import tqdm
 
 from soft_biometrics_ros import labels
+from soft_biometrics_ros.device import INFERENCE_PRECISIONS
 
 logger = logging.getLogger('soft_biometrics_bench')
 
@@ -310,7 +311,9 @@ class BenchConfig:
     (`adapters.list_methods()`) costed and training-step benchmarked.
     pipeline_method: the model the pipeline, classifier and node sections run: a method
     (random-weight checkpoint of that method) or 'zero_shot'; '' = the first method.
-    precisions: 'fp32' / 'bf16' / 'fp16' (autocast, CUDA only).
+    precisions: 'fp32' / 'bf16' / 'fp16' (autocast, CUDA only) / 'int8' (dynamic int8
+    Linear layers, CPU only; inference sections only, measured after the others because
+    quantization replaces the layers in place).
     frame: (width, height); faces: real faces tiled into each synthetic frame.
     batch_sizes: classifier-alone batch sizes. train_backbones: backbones that get the
     training-step benchmark (empty = all). node: also run the real node over ROS.
@@ -373,10 +376,13 @@ class BenchConfig:
             raise ValueError(f'pipeline_method: unknown method {self.pipeline_method!r}; use '
                              f'{ZERO_SHOT} or one of {", ".join(sorted(known))}')
         for precision in self.precisions:
-            if precision not in ('fp32', 'fp16', 'bf16'):
-                raise ValueError(f'precisions: {precision!r} is not fp32, fp16 or bf16')
+            if precision not in INFERENCE_PRECISIONS:
+                raise ValueError(f'precisions: {precision!r} is not one of '
+                                 f'{", ".join(INFERENCE_PRECISIONS)}')
         if not self.precisions:
-            raise ValueError('precisions is empty; give fp32, fp16 or bf16')
+            raise ValueError(f'precisions is empty; give {", ".join(INFERENCE_PRECISIONS)}')
+        # int8 quantizes the classifier in place, for good: it is measured last.
+        self.precisions = tuple(sorted(self.precisions, key=lambda p: p == 'int8'))
         if isinstance(self.frame, str):
             self.frame = parse_frame(self.frame)
         self.frame = tuple(int(v) for v in self.frame)
@@ -420,7 +426,8 @@ SUITES: Dict[str, Dict[str, Any]] = {
                   train_warmup=0, node=False),
     # `make bench`: a few minutes on 2 CPU cores.
     'cpu': dict(backbones=(T, S), methods=('linear_probe', 'partial', 'lora', 'mtlora'),
-                device='cpu', precisions=('fp32',), faces=1, frame=(640, 480), iterations=15,
+                device='cpu', precisions=('fp32', 'int8'), faces=1, frame=(640, 480),
+                iterations=15,
                 warmup=2, batch_sizes=(1, 8, 32), batch_seconds=6.0, train_batch=4,
                 train_steps=2, train_backbones=(T,), node=True),
     # `make gpu-check`: T/B/L in fp32 and bf16 on 1080p frames with 5 faces.
@@ -1108,8 +1115,8 @@ def bench_costs_and_training(cfg: BenchConfig, backbone: str, device: torch.devi
             for precision in cfg.precisions:
                 dtype = resolve_precision(precision, device)
                 key = precision_name(dtype)
-                if key in info['train']:
-                    continue  # fp16/bf16 fall back to fp32 off CUDA: measured once
+                if key in info['train'] or dtype == torch.qint8:
+                    continue  # fp16/bf16 fall back to fp32 off CUDA; int8 is inference only
                 info['train'][key] = bench_training_step(
                     model, method, cfg.train_batch, cfg.train_steps, cfg.train_warmup,
                     device, dtype, desc=f'train {method} {key}')
@@ -1410,7 +1417,8 @@ def build_parser() -> argparse.ArgumentParser:
         '(default: the first method)')
     add('--device', help='cpu, cuda, cuda:N or auto')
     add('--precision', action='append', dest='precisions', metavar='P',
-        help='fp32, bf16 or fp16 (repeatable or comma list; reduced precision on CUDA only)')
+        help='fp32, bf16, fp16 (autocast, CUDA only) or int8 (dynamic int8 Linear layers, '
+             'CPU only) (repeatable or comma list)')
     add('--faces', type=int, help='real faces tiled into each synthetic frame')
     add('--frame', type=parse_frame, help='frame size WIDTHxHEIGHT, e.g. 1920x1080')
     add('--iterations', type=int, help='timed frames per measurement')

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from typing import Dict, Mapping, Optional, Sequence, Union
 
 import numpy as np
@@ -31,7 +32,8 @@ class FaceClassifier(nn.Module):
 
     Attributes: `input_size` (square side S of the model input), `device`,
     `backbone_name`, `untrained` (True when the weights are random / never trained),
-    `preprocess_config`, `compute_dtype` (autocast dtype used on CUDA; float32 = none).
+    `preprocess_config`, `compute_dtype` (autocast dtype used on CUDA; float32 = none;
+    torch.qint8 = the Linear layers were quantized to int8 for the CPU), `quantized`.
     """
 
     def __init__(self, backbone_name: str, preprocess_config: PreprocessConfig,
@@ -41,6 +43,7 @@ class FaceClassifier(nn.Module):
         self.preprocess_config = preprocess_config
         self.untrained = bool(untrained)
         self.compute_dtype = torch.float32
+        self.quantized = False
         self.tasks = labels.TASKS
 
     @property
@@ -58,11 +61,28 @@ class FaceClassifier(nn.Module):
         return torch.device('cpu')
 
     def set_precision(self, precision: Union[str, torch.dtype, None]) -> torch.dtype:
-        """Set the autocast precision ('fp32', 'fp16', 'bf16') for the current device."""
+        """Set the precision ('fp32', 'fp16', 'bf16', 'int8') for the current device.
+
+        fp16/bf16: autocast on CUDA (fp32 elsewhere, with a warning). int8 on the CPU:
+        the Linear layers are replaced by dynamically quantized int8 ones, IN PLACE and
+        for good (the fp32 weights are gone; build the classifier again to go back).
+        Returns the compute dtype in effect.
+        """
         if isinstance(precision, torch.dtype):
-            precision = {torch.float32: 'fp32', torch.float16: 'fp16',
-                         torch.bfloat16: 'bf16'}.get(precision, str(precision))
-        self.compute_dtype = resolve_precision(precision, self.device)
+            precision = {torch.float32: 'fp32', torch.float16: 'fp16', torch.bfloat16: 'bf16',
+                         torch.qint8: 'int8'}.get(precision, str(precision))
+        dtype = resolve_precision(precision, self.device)
+        if self.quantized and dtype != torch.qint8:
+            raise ValueError(
+                f'{self.backbone_name}: this classifier was quantized to int8 in place and '
+                f'cannot run in {precision}; build the classifier again')
+        if dtype == torch.qint8 and not self.quantized:
+            merge_adapters(self)  # peft's unmerged adapter layers cannot run quantized
+            quantize_linear_int8(self)
+            self.quantized = True
+            logger.info('%s: Linear layers quantized to int8 (dynamic, CPU)',
+                        self.backbone_name)
+        self.compute_dtype = dtype
         return self.compute_dtype
 
     def preprocess(self, crops: Sequence[np.ndarray]) -> torch.Tensor:
@@ -101,13 +121,54 @@ class FaceClassifier(nn.Module):
         try:
             with torch.inference_mode(), self._autocast():
                 logits = self(batch.to(self.device, non_blocking=True))
-            return {task: logits[task].float().softmax(dim=-1).cpu() for task in labels.TASKS}
+                # One device-to-host copy for all tasks, not one per task.
+                joined = torch.cat([logits[task].float().softmax(dim=-1)
+                                    for task in labels.TASKS], dim=1).cpu()
+            sizes = [labels.NUM_CLASSES[task] for task in labels.TASKS]
+            return dict(zip(labels.TASKS, torch.split(joined, sizes, dim=1)))
         finally:
             self.train(was_training)
 
     def predict(self, crops: Sequence[np.ndarray]) -> Dict[str, np.ndarray]:
         """Return task -> probabilities (N, C_task) as numpy arrays for RGB uint8 crops."""
         return {t: p.numpy() for t, p in self.predict_proba(self.preprocess(crops)).items()}
+
+
+def merge_adapters(model: nn.Module) -> bool:
+    """Fold an adapted model's LoRA/DoRA/LoRA+/MTLoRA adapters into its weights, in place.
+
+    What inference wants: the same outputs up to rounding, without the adapter matmuls
+    (DoRA also recomputes a weight norm every forward when unmerged). Returns True when
+    something was merged; models without an adaptation method are left alone.
+    """
+    if getattr(model, 'method_name', None) is None or getattr(model, 'merged', False):
+        return False
+    from soft_biometrics_ros.adapters import merge_for_inference
+    return bool(merge_for_inference(model))
+
+
+def quantize_linear_int8(module: nn.Module) -> nn.Module:
+    """Replace every nn.Linear of `module` (on the CPU) by a dynamic int8 one, in place.
+
+    Weights are quantized per tensor to int8 once; activations are quantized per batch
+    at run time (torch's dynamic quantization, fbgemm/x86 or qnnpack/ARM kernels).
+    Everything else (convolution, norms, attention products) stays float32. Raises
+    ValueError when the module is not on the CPU.
+    """
+    for tensor in module.parameters():
+        if tensor.device.type != 'cpu':
+            raise ValueError(f'int8 quantization runs on the CPU; the model is on '
+                             f'{tensor.device}')
+        break
+    with warnings.catch_warnings():
+        # torch.ao.quantization announces its move to torchao; its dynamic int8 Linear
+        # is what this pinned torch ships and runs.
+        warnings.simplefilter('ignore', DeprecationWarning)
+        warnings.simplefilter('ignore', FutureWarning)
+        warnings.simplefilter('ignore', UserWarning)
+        from torch.ao.quantization import quantize_dynamic
+        quantize_dynamic(module, {nn.Linear}, dtype=torch.qint8, inplace=True)
+    return module
 
 
 def build_classifier(checkpoint: Optional[str] = None,
@@ -120,12 +181,14 @@ def build_classifier(checkpoint: Optional[str] = None,
 
     checkpoint: None or '' -> zero-shot PE-Core CLIP classifier (`backbone`, `pretrained`,
     `prompts`: None for the shipped config/zero_shot_prompts.yaml, a YAML path, or a
-    mapping). A checkpoint directory -> the adapted multitask model it holds;
+    mapping). A checkpoint directory -> the adapted multitask model it holds, with its
+    adapters merged into the weights (same outputs up to rounding, faster);
     `backbone` must then match the checkpoint's (None or '' takes the checkpoint's),
     and `pretrained` gives the backbone weights when the checkpoint does not store them
     (None or '' takes the source recorded in the checkpoint).
     device: 'cuda' falls back to the CPU with a warning when CUDA is absent.
-    precision: 'fp32', 'fp16' or 'bf16' (autocast, CUDA only).
+    precision: 'fp32', 'fp16' or 'bf16' (autocast, CUDA only), or 'int8' (dynamic int8
+    quantization of the Linear layers, CPU only).
     cache_dir: hub cache directory for downloaded weights (zero-shot: also where text
     embeddings are cached).
     """
@@ -138,6 +201,9 @@ def build_classifier(checkpoint: Optional[str] = None,
         classifier: FaceClassifier = load_checkpoint(
             checkpoint, backbone=backbone or None, pretrained=pretrained, device=resolved,
             cache_dir=cache_dir)
+        if merge_adapters(classifier):
+            logger.info('%s adapters of %s merged into the weights for inference',
+                        classifier.method_name, checkpoint)
     else:
         from soft_biometrics_ros.zero_shot import build_zero_shot_classifier
         classifier = build_zero_shot_classifier(

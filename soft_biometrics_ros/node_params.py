@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 # Zero-shot defaults when neither a checkpoint nor `backbone` / `pretrained` say more.
 ZERO_SHOT_BACKBONE = 'PE-Core-B-16'
 ZERO_SHOT_PRETRAINED = 'meta'
-PRECISIONS = ('fp32', 'fp16', 'bf16')
+PRECISIONS = ('fp32', 'fp16', 'bf16', 'int8')
 _DEVICE_PATTERN = re.compile(r'^(auto|cpu|mps|cuda(:\d+)?)$')
 _BACKBONE_PATTERN = re.compile(r'^(PE-Core-[A-Za-z0-9]+-\d+(-\d+)?)?$')
 
@@ -125,8 +125,8 @@ PARAMETERS: Tuple[ParameterSpec, ...] = (
                   'with a warning when CUDA is absent.',
                   _check_device, 'configure'),
     ParameterSpec('precision', 'fp32',
-                  'Inference precision: fp32, fp16 or bf16 (autocast; CUDA only, fp32 '
-                  'elsewhere).',
+                  'Inference precision: fp32; fp16 or bf16 (autocast, CUDA only, fp32 '
+                  'elsewhere); int8 (dynamic int8 Linear layers, CPU only, fp32 elsewhere).',
                   _check_precision, 'configure'),
     ParameterSpec('compressed', False,
                   'Subscribe image/compressed (sensor_msgs/CompressedImage, JPEG/PNG) '

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from soft_biometrics_ros import labels
+from soft_biometrics_ros.device import INFERENCE_PRECISIONS
 from soft_biometrics_ros.detection import (DEFAULT_STAGE_THRESHOLDS, FaceDetector,
                                            InvalidImageError, check_image, crop_faces)
 from soft_biometrics_ros.estimates import FaceEstimate
@@ -39,7 +40,7 @@ __all__ = ['InvalidImageError', 'Pipeline', 'PipelineConfig', 'STAGES', 'to_rgb'
 # Keys of the per-stage timings returned by Pipeline.process, in order.
 STAGES: Tuple[str, ...] = ('detect', 'crop', 'classify')
 COLOR_ORDERS = ('bgr', 'rgb')
-PRECISION_NAMES = ('fp32', 'fp16', 'bf16')
+PRECISION_NAMES = INFERENCE_PRECISIONS
 
 
 @dataclass
@@ -53,7 +54,8 @@ class PipelineConfig:
         local weights file, 'none' (random weights: UNTRAINED, announced loudly), or ''
         (with a checkpoint: the source it records; zero-shot: none).
     device: 'cuda', 'cuda:N', 'cpu' or 'auto'; CUDA falls back to the CPU with a warning.
-    precision: 'fp32', 'fp16' or 'bf16' (autocast on CUDA; fp32 elsewhere).
+    precision: 'fp32', 'fp16' or 'bf16' (autocast on CUDA; fp32 elsewhere), or 'int8'
+        (dynamic int8 Linear layers on the CPU; fp32 elsewhere).
     detection_threshold: minimum MTCNN face score, in (0, 1).
     min_face_size: smallest face to detect, pixels of the source image (> 0).
     max_faces: at most this many faces per frame, highest detection score first;

@@ -79,8 +79,9 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
                             "checkpoint; zero-shot: none (works offline, meaningless output)")
     model.add_argument('--device', default='auto',
                        help='cuda, cuda:N, cpu or auto (default: auto = cuda if available)')
-    model.add_argument('--precision', default='fp32', choices=('fp32', 'fp16', 'bf16'),
-                       help='autocast precision on CUDA (default: fp32)')
+    model.add_argument('--precision', default='fp32', choices=('fp32', 'fp16', 'bf16', 'int8'),
+                       help='fp16/bf16: autocast on CUDA; int8: dynamic int8 Linear layers '
+                            'on the CPU (default: fp32)')
     detect = parser.add_argument_group('face detection')
     detect.add_argument('--threshold', type=float, default=0.9,
                         help='minimum MTCNN face score, in (0, 1) (default: 0.9)')

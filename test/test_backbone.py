@@ -184,8 +184,32 @@ def test_resolve_device_falls_back_to_cpu_with_a_warning(caplog):
 def test_resolve_precision():
     assert resolve_precision('fp32', 'cpu') == torch.float32
     assert resolve_precision('bf16', 'cpu') == torch.float32  # autocast is CUDA-only here
-    with pytest.raises(ValueError, match='fp64'):
+    assert resolve_precision('int8', 'cpu') == torch.qint8
+    # Dynamic int8 quantization is a CPU feature: elsewhere fp32 (no CUDA needed to ask).
+    assert resolve_precision('INT8', 'cuda') == torch.float32
+    with pytest.raises(ValueError, match='fp64.*int8'):
         resolve_precision('fp64', 'cpu')
+
+
+def test_preprocess_gives_the_same_batch_for_sized_and_odd_sized_crops():
+    # Crops already at the input size cross to the device as one uint8 batch, odd-sized
+    # ones are resized first and cross as float: both paths give the same numbers.
+    cfg = preprocess_config(NAME, image_size=64)
+    rng = np.random.default_rng(0)
+    sized = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(3)]
+    odd = rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    together = preprocess_images(sized, cfg)
+    assert together.shape == (3, 3, 64, 64)
+    mixed = preprocess_images(sized + [odd], cfg)
+    assert torch.allclose(mixed[:3], together, atol=1e-6)
+    for index, crop in enumerate(sized):
+        alone = preprocess_images([crop], cfg)[0]
+        expected = (torch.from_numpy(crop).permute(2, 0, 1).float() / 255 - 0.5) / 0.5
+        assert torch.allclose(alone, expected, atol=1e-6)
+        assert torch.allclose(together[index], expected, atol=1e-6)
+    assert torch.allclose(mixed[3], preprocess_images([odd], cfg)[0], atol=1e-6)
+    stacked = preprocess_images(np.stack(sized), cfg)
+    assert torch.equal(stacked, together)
 
 
 @pytest.mark.cuda

@@ -191,6 +191,8 @@ def test_config_errors_name_the_field():
         bench.BenchConfig(methods=('lorax',))
     with pytest.raises(ValueError, match='precisions'):
         bench.BenchConfig(precisions=('fp8',))
+    # int8 replaces the classifier's layers for good, so it is measured last.
+    assert bench.BenchConfig(precisions=('int8', 'fp32')).precisions == ('fp32', 'int8')
     with pytest.raises(ValueError, match='iterations must be >= 1'):
         bench.BenchConfig(iterations=0)
     with pytest.raises(ValueError, match='detection_scale'):

@@ -7,6 +7,7 @@ import torch
 from training_helpers import trained_run
 
 from soft_biometrics_ros import labels
+from soft_biometrics_ros.checkpoint import load_checkpoint
 from soft_biometrics_ros.classifier import build_classifier
 from training import cli, export
 
@@ -29,7 +30,8 @@ def test_export_merges_and_predicts_the_same(base, tmp_path, repo_root, method):
     assert status == 0
     report = json.loads((out / 'export_report.json').read_text())
     assert report['merged'] == (method != 'linear_probe')
-    trained = build_classifier(checkpoint=str(checkpoint), pretrained=None, device='cpu')
+    # The training checkpoint as stored (unmerged adapters; build_classifier would merge).
+    trained = load_checkpoint(checkpoint)
     # Self-contained: the node loads it without the pretrained weights file.
     deployed = build_classifier(checkpoint=str(out), pretrained='none', device='cpu')
     names = [n for n, _ in deployed.named_parameters()]

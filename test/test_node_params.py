@@ -62,7 +62,7 @@ def test_bad_run_time_values_are_rejected_with_a_message(node):
     ('max_rate', -1.0, '>= 0.0'),
     ('smoothing', 1.0, '< 1.0'),
     ('max_missed_frames', -1, '>= 0'),
-    ('precision', 'int8', 'fp32, fp16, bf16'),
+    ('precision', 'fp8', 'fp32, fp16, bf16, int8'),
     ('backbone', 'ViT-B-32', 'PE-Core'),
     ('pretrained', '/does/not/exist.safetensors', 'is not a file'),
     ('checkpoint', '/does/not/exist', 'is not a directory'),

@@ -202,7 +202,7 @@ def test_config_defaults_match_the_contract():
     ({'detection_scale': 2.0}, 'detection_scale'),
     ({'margin': -0.1}, 'margin'),
     ({'align': 'yes'}, 'align'),
-    ({'precision': 'int8'}, 'precision'),
+    ({'precision': 'int4'}, 'precision'),
     ({'device': 'gpu0'}, 'device'),
     ({'backbone': 'ViT-B-32'}, 'backbone'),
     ({'checkpoint': '/nonexistent/checkpoint'}, 'checkpoint'),
