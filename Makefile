@@ -13,7 +13,7 @@ MSG_SOURCES := $(wildcard soft_biometrics_msgs/msg/*.msg) soft_biometrics_msgs/C
 PKG_SOURCES := package.xml setup.py setup.cfg $(wildcard launch/*.py config/*.yaml config/train/*.yaml fastdds/*.xml)
 PYTEST_ARGS ?=
 
-.PHONY: setup build test lint demo bench gpu-check clean help
+.PHONY: setup build test lint demo bench gpu-check gpu-wheels clean help
 
 help:
 	@echo "make setup      create .venv, install pinned dependencies, colcon-build both packages"
@@ -21,6 +21,7 @@ help:
 	@echo "make demo       run the node on the bundled sample and stream its answers"
 	@echo "make bench      CPU benchmark (PE-Core-T and -S)"
 	@echo "make gpu-check  CUDA tests + GPU benchmark (on a CUDA machine)"
+	@echo "make gpu-wheels fetch into .whl/ the wheels a bare GPU machine lacks for gpu-check"
 
 setup: $(BUILD_STAMP)
 
@@ -52,6 +53,9 @@ bench: setup
 
 gpu-check:
 	bash scripts/gpu_check.sh
+
+gpu-wheels:
+	bash scripts/gpu_wheels.sh
 
 clean:
 	rm -rf build install log

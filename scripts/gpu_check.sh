@@ -15,19 +15,14 @@
 #   build stage, the node-vs-pipeline ratio, tests that need rclpy) are then skipped, and
 #   the output says so.
 #
-# Fetching the wheels into .whl/ (on any machine with internet, in the repository root;
-# versions as in requirements/pins.txt and the project's .venv):
-#   echo /.whl/ >> .git/info/exclude          # .gitignore already lists /.whl/
-#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
-#     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
-#     --platform manylinux2014_x86_64 -d .whl \
-#     open_clip_torch==3.3.0 timm==1.0.31 peft==0.21.2 facenet-pytorch==2.6.0 \
-#     ftfy==6.3.1 wcwidth==0.9.4
-# (all pure-Python wheels but wcwidth's, which is cp310-abi3 manylinux and fits 3.12;
-# --no-deps: name every missing dependency yourself; `unzip -p .whl/NAME-*.whl
-# '*/METADATA' | grep ^Requires-Dist` lists a wheel's. torch, torchvision, numpy, opencv,
-# safetensors, pyyaml, tqdm, requests, huggingface_hub, regex, pytest and pytest-timeout
-# are expected on the GPU machine already; add any that is not. Keep one version of each.)
+# Fetching the wheels into .whl/ (here, on any machine with a package registry): `make
+# gpu-wheels` (scripts/gpu_wheels.sh) downloads open_clip_torch, timm, peft, ftfy, wcwidth
+# and facenet-pytorch for CPython 3.12 at the versions of requirements/, about 8 MB. The
+# GPU image already has torch, torchvision, numpy, opencv, safetensors, pyyaml, tqdm,
+# requests, huggingface_hub, regex, pytest and pytest-timeout; add any that is missing
+# there to PACKAGES in that script. With this workplace's device tool:
+#   make gpu-wheels; then run `bash scripts/gpu_check.sh` there with carry: [".whl"]
+#   (GPU_CHECK_OUT=$OUT brings the JSON and logs back).
 #
 # Environment: PYTHON (interpreter), GPU_CHECK_OUT (folder for logs and JSON, default
 # outputs/gpu_check), GPU_CHECK_BUDGET_S (whole-run budget in seconds, default 570),
@@ -54,8 +49,11 @@ elapsed() { echo $(( $(date +%s) - STARTED )); }
 
 # --- the Python environment -------------------------------------------------------------
 if [ -z "${PYTHON:-}" ] && [ -x .venv/bin/python ] && [ -f scripts/env.sh ]; then
+  # colcon's setup.sh (sourced by env.sh) reads unset variables: not under `set -u`.
+  set +u
   # shellcheck disable=SC1091
   . scripts/env.sh
+  set -u
   PYTHON=python
   say "using the project's .venv ($(python --version 2>&1))"
 else
@@ -70,6 +68,7 @@ WHEELS=(.whl/*.whl)
 shopt -u nullglob
 if [ ${#WHEELS[@]} -gt 0 ]; then
   SITE=$(mktemp -d /tmp/gpu_check_site.XXXXXX)
+  trap 'rm -rf "$SITE"' EXIT
   say "installing ${#WHEELS[@]} wheel(s) from .whl/ into $SITE"
   if ! "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
       --upgrade --target "$SITE" "${WHEELS[@]}"; then
