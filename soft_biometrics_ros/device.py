@@ -5,9 +5,9 @@ torch.device, falling back to the CPU with a warning when CUDA is asked for but 
 (the node runs on CUDA by default and must still start on a CPU-only machine).
 `resolve_precision` turns 'fp32' / 'fp16' / 'bf16' / 'int8' into the compute dtype to use
 on that device: fp16 and bf16 are CUDA autocast, so they fall back to fp32 with a warning
-elsewhere; int8 is dynamic int8 quantization of the Linear layers for the CPU (about 1.4x
-faster for PE-Core-T on 2 x86 cores), so it falls back to fp32 with a warning on CUDA,
-where bf16 is the fast choice.
+elsewhere; int8 is dynamic int8 quantization of the Linear layers for the CPU (1.2-1.4x
+faster classification for PE-Core-T/S on 2 x86 cores), so it falls back to fp32 with a
+warning on CUDA, where bf16 is the fast choice.
 """
 
 from __future__ import annotations
