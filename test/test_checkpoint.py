@@ -7,6 +7,7 @@ import logging
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from soft_biometrics_ros import labels
 from soft_biometrics_ros.adapters import apply_method, list_methods, merge_for_inference
@@ -22,9 +23,17 @@ SIZE = 128  # small inputs keep forward passes cheap; the architecture is PE-Cor
 
 @pytest.fixture(scope='module')
 def backbone_file(tmp_path_factory):
-    """A local PE-Core-T vision weights file (random values), standing in for real weights."""
+    """A local PE-Core-T vision weights file (random values), standing in for real weights.
+
+    timm draws the trunk's last projection with std 2e-5, which maps every image to an
+    almost-zero embedding; it is re-drawn at 1/sqrt(width) so that outputs differ per
+    image, as with trained weights (the int8 comparison below needs that spread).
+    """
     torch.manual_seed(0)
     model = build_multitask_model(NAME, 'none', image_size=SIZE)
+    head = model.visual.trunk.head
+    with torch.no_grad():
+        head.weight.normal_(0.0, head.in_features ** -0.5)
     path = tmp_path_factory.mktemp('weights') / 'pe_core_t_vision.safetensors'
     save_file({k: v.contiguous() for k, v in model.visual.state_dict().items()}, str(path))
     return str(path)
@@ -223,3 +232,54 @@ def test_save_replaces_a_checkpoint_but_never_other_directories(lora_checkpoint,
     assert (precious / 'thesis.txt').read_text() == 'keep me'
     with pytest.raises(CheckpointError, match='manifest.json is missing'):
         load_checkpoint(precious)
+
+
+# --- precision=int8: dynamic int8 Linear layers on the CPU ------------------------------
+
+@pytest.fixture(scope='module')
+def many_images():
+    """A fixed input batch (12, 3, SIZE, SIZE): enough images for a spread of outputs."""
+    return torch.randn(12, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(6))
+
+
+def float_linears(module):
+    return [name for name, child in module.named_modules() if type(child) is nn.Linear]
+
+
+@pytest.mark.parametrize('method', list_methods())
+def test_int8_checkpoint_matches_fp32_closely_for_every_method(base_model, many_images,
+                                                               tmp_path, method):
+    directory = str(save_checkpoint(trained(base_model, method), tmp_path / method))
+    unmerged = load_checkpoint(directory, pretrained='')
+    fp32 = build_classifier(directory, pretrained='', device='cpu', precision='fp32')
+    int8 = build_classifier(directory, pretrained='', device='cpu', precision='int8')
+
+    # build_classifier merges adapters for inference: same outputs as the unmerged model.
+    reference = unmerged.predict_proba(many_images)
+    fp32_probs = fp32.predict_proba(many_images)
+    for task in labels.TASKS:
+        assert torch.allclose(fp32_probs[task], reference[task], atol=1e-5), task
+    if method not in ('linear_probe', 'partial'):
+        assert fp32.merged and not unmerged.merged
+
+    assert int8.quantized and int8.compute_dtype == torch.qint8
+    assert float_linears(int8) == [], 'every Linear layer must be int8'
+    assert float_linears(fp32), 'the fp32 classifier keeps float Linear layers'
+    int8_probs = int8.predict_proba(many_images)
+    for task in labels.TASKS:
+        ours, theirs = int8_probs[task], fp32_probs[task]
+        assert ours.shape == (len(many_images), labels.NUM_CLASSES[task])
+        assert torch.allclose(ours.sum(dim=1), torch.ones(len(many_images)), atol=1e-5)
+        assert not torch.equal(ours, theirs), f'{task}: int8 computed exactly fp32'
+        spread = theirs.std().item()
+        error = (ours - theirs).abs().mean().item()
+        assert spread > 1e-3, f'{task}: fp32 outputs do not vary ({spread})'
+        assert error < 0.2 * spread, f'{task}: int8 error {error:.4f}, spread {spread:.4f}'
+
+
+def test_int8_is_one_way_and_says_so(base_model, tmp_path):
+    directory = str(save_checkpoint(trained(base_model, 'lora'), tmp_path / 'lora'))
+    classifier = build_classifier(directory, pretrained='', device='cpu', precision='int8')
+    assert classifier.set_precision('int8') == torch.qint8  # again: nothing changes
+    with pytest.raises(ValueError, match='quantized to int8.*build the classifier again'):
+        classifier.set_precision('fp32')

@@ -202,7 +202,7 @@ def test_config_defaults_match_the_contract():
     ({'detection_scale': 2.0}, 'detection_scale'),
     ({'margin': -0.1}, 'margin'),
     ({'align': 'yes'}, 'align'),
-    ({'precision': 'int4'}, 'precision'),
+    ({'precision': 'int4'}, 'precision.*int8'),
     ({'device': 'gpu0'}, 'device'),
     ({'backbone': 'ViT-B-32'}, 'backbone'),
     ({'checkpoint': '/nonexistent/checkpoint'}, 'checkpoint'),
@@ -275,3 +275,17 @@ def test_cuda_reduced_precision(precision):
     assert len(estimates) == 3
     for estimate in estimates:
         check_probabilities(estimate)
+
+
+def test_pipeline_runs_zero_shot_in_int8_on_the_cpu():
+    config = PipelineConfig(device='cpu', precision='int8', pretrained='none')
+    pipeline = Pipeline(config)
+    assert pipeline.classifier.quantized
+    assert not [name for name, child in pipeline.classifier.named_modules()
+                if type(child) is torch.nn.Linear], 'every Linear layer must be int8'
+    faces, timings = pipeline.process(sample_data.astronaut_bgr())
+    assert len(faces) == 1 and set(timings) == {'detect', 'crop', 'classify'}
+    for task in labels.TASKS:
+        probabilities = faces[0].task(task).vector(task)
+        assert probabilities.shape == (labels.NUM_CLASSES[task],)
+        assert abs(probabilities.sum() - 1.0) < 1e-4
