@@ -3,9 +3,9 @@
 The node receives whatever a camera driver or bag sends, so every message is checked
 before its bytes are touched: an unknown encoding, a zero-size image, a row `step`
 shorter than a row, data shorter than `step * height`, a frame larger than
-`max_pixels`, or a JPEG/PNG that does not decode raises `ImageConversionError` (a
-`ValueError`) whose message names the field and the mismatch. The node counts and
-skips such frames.
+`max_pixels`, compressed data that is no JPEG or PNG, or a JPEG/PNG that does not
+decode raises `ImageConversionError` (a `ValueError`) whose message names the field
+and the mismatch. The node counts and skips such frames.
 
 Raw images (`sensor_msgs/Image`) are converted by `cv_bridge` when it is importable
 (a full ROS install); otherwise, and always for the checks, by the converter here,
@@ -21,8 +21,11 @@ which understands the encodings cameras actually send:
 | yuv422 / uyvy                      | UYVY, 2 bytes per pixel, even width     |
 | yuv422_yuy2 / yuyv                 | YUYV, 2 bytes per pixel, even width     |
 
-Compressed images (`sensor_msgs/CompressedImage`, JPEG or PNG) are decoded with
-`cv2.imdecode` after their header dimensions are checked against `max_pixels`.
+Compressed images (`sensor_msgs/CompressedImage`) must be JPEG or PNG, told by their
+magic number (the `format` field is free text): other formats OpenCV could decode (BMP,
+TIFF, WebP, ...) are refused unread. They are decoded with `cv2.imdecode` after their
+header dimensions are checked against `max_pixels`; a JPEG must end with its
+end-of-image marker, padding after it is ignored.
 
 Only the message-handling functions touch ROS types (duck-typed on the message's
 fields); `bgr_to_imgmsg` imports `sensor_msgs` when called.
@@ -44,7 +47,8 @@ class ImageConversionError(ValueError):
     """An image message that cannot be turned into a BGR array (the message says why).
 
     `kind` names the class of problem for counters: unknown_encoding, zero_size,
-    too_large, step_mismatch, truncated, odd_width, corrupt, unsupported_output.
+    too_large, step_mismatch, truncated, odd_width, corrupt, unsupported_format (compressed
+    data that is no JPEG or PNG), unsupported_output.
     """
 
     def __init__(self, message: str, kind: str = 'invalid'):
@@ -197,55 +201,156 @@ def _check_raw_layout(data, width, height, encoding, step):
             f'needs {step * height} bytes', kind='truncated')
 
 
+# Magic numbers of the image formats cv2.imdecode also reads, to name what was sent.
+_OTHER_SIGNATURES = (
+    (b'BM', 'BMP'),
+    (b'II*\x00', 'TIFF'),
+    (b'MM\x00*', 'TIFF'),
+    (b'GIF87a', 'GIF'),
+    (b'GIF89a', 'GIF'),
+    (b'\x00\x00\x00\x0cjP  \r\n\x87\n', 'JPEG 2000'),
+    (b'\xff\x4f\xff\x51', 'JPEG 2000'),
+    (b'\x76\x2f\x31\x01', 'OpenEXR'),
+    (b'#?RADIANCE', 'Radiance HDR'),
+    (b'#?RGBE', 'Radiance HDR'),
+    (b'\x59\xa6\x6a\x95', 'Sun raster'),
+    (b'\xff\x0a', 'JPEG XL'),
+    (b'\x00\x00\x00\x0cJXL \r\n\x87\n', 'JPEG XL'),
+)
+
+# A JPEG header (SOI up to the start of scan) is a few dozen segments; a walk that
+# takes more steps than this is garbage (e.g. megabytes of 0xFF fill bytes) and is
+# given up at once instead of costing seconds of worker time.
+_JPEG_MAX_HEADER_STEPS = 1024
+
+
+def compressed_format(data: bytes) -> str:
+    """Name the image format of `data` from its magic number: 'JPEG', 'PNG', 'BMP', ...
+
+    Returns 'unknown' when no signature of a format OpenCV reads matches.
+    """
+    if data[:2] == b'\xff\xd8':
+        return 'JPEG'
+    if data[:8] == b'\x89PNG\r\n\x1a\n':
+        return 'PNG'
+    if data[:4] == b'RIFF' and data[8:12] == b'WEBP':
+        return 'WebP'
+    if data[4:8] == b'ftyp' and data[8:12] in (b'avif', b'avis', b'heic', b'heix', b'mif1'):
+        return 'AVIF/HEIF'
+    if len(data) >= 3 and data[:1] == b'P' and data[1:2] in b'1234567' \
+            and data[2:3] in b' \t\r\n':
+        return 'PNM'
+    if data[:2] in (b'PF', b'Pf') and data[2:3] in b' \t\r\n':
+        return 'PFM'
+    for signature, name in _OTHER_SIGNATURES:
+        if data.startswith(signature):
+            return name
+    return 'unknown'
+
+
+def _walk_jpeg(data: bytes) -> Tuple[str, Optional[Tuple[int, int]], Optional[int]]:
+    """Walk the marker segments of a JPEG from SOI to the first start-of-scan (SOS).
+
+    Returns (status, (width, height) or None, offset of the SOS marker or None), where
+    status is 'ok' (a frame header and then an SOS were found), 'end' (the data ends
+    inside the header: truncated) or 'bad' (not a valid marker sequence).
+    """
+    dims = None
+    pos = 2
+    for _ in range(_JPEG_MAX_HEADER_STEPS):
+        if pos + 2 > len(data):
+            return 'end', dims, None
+        if data[pos] != 0xFF:
+            return 'bad', dims, None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # no length field
+            pos += 2
+            continue
+        if marker in (0x00, 0xD9):  # stuffed zero or end of image before any scan
+            return 'bad', dims, None
+        if marker == 0xDA:
+            return ('ok' if dims is not None else 'bad'), dims, pos
+        if pos + 4 > len(data):
+            return 'end', dims, None
+        length = struct.unpack('>H', data[pos + 2:pos + 4])[0]
+        if length < 2:
+            return 'bad', dims, None
+        # SOF0..SOF15 except DHT C4, JPG C8, DAC CC carry height and width.
+        if dims is None and 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            if pos + 9 > len(data):
+                return 'end', dims, None
+            height, width = struct.unpack('>HH', data[pos + 5:pos + 9])
+            dims = (width, height)
+        pos += 2 + length
+    return 'bad', dims, None
+
+
 def compressed_dimensions(data: bytes) -> Optional[Tuple[int, int]]:
     """Return (width, height) read from a PNG or JPEG header, or None when not found."""
     if data[:8] == b'\x89PNG\r\n\x1a\n' and len(data) >= 24 and data[12:16] == b'IHDR':
         width, height = struct.unpack('>II', data[16:24])
         return width, height
     if data[:2] == b'\xff\xd8':
-        # Walk the JPEG segments up to a start-of-frame marker (SOF0..SOF15 except
-        # DHT C4, JPG C8, DAC CC), which carries height and width.
-        pos = 2
-        while pos + 4 <= len(data):
-            if data[pos] != 0xFF:
-                return None
-            marker = data[pos + 1]
-            if marker == 0xFF:  # fill byte
-                pos += 1
-                continue
-            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
-                pos += 2
-                continue
-            length = struct.unpack('>H', data[pos + 2:pos + 4])[0]
-            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-                if pos + 9 > len(data):
-                    return None
-                height, width = struct.unpack('>HH', data[pos + 5:pos + 9])
-                return width, height
-            pos += 2 + length
+        return _walk_jpeg(data)[1]
     return None
 
 
 def compressed_to_bgr(msg, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Decode a sensor_msgs/CompressedImage (JPEG or PNG) to a BGR uint8 array."""
+    """Decode a sensor_msgs/CompressedImage (JPEG or PNG) to a BGR uint8 array.
+
+    The header is read first: data that is no JPEG or PNG (kind unsupported_format), a
+    header that cannot be read (corrupt), a JPEG cut off before its end-of-image marker
+    (truncated) or a frame above `max_pixels` (too_large) is refused before decoding.
+    Bytes after a JPEG's end-of-image marker (the padding of UVC/MJPEG drivers, vendor
+    trailers) are accepted, as libjpeg ignores them.
+    """
     data = bytes(msg.data)
     fmt = str(getattr(msg, 'format', '') or '')
     if not data:
         raise ImageConversionError(f'zero-size compressed image: no data (format {fmt!r})',
                                    kind='zero_size')
-    dims = compressed_dimensions(data)
-    if dims is not None:
+    found = compressed_format(data)
+    if found == 'JPEG':
+        status, dims, sos = _walk_jpeg(data)
+        if status == 'end':
+            raise ImageConversionError(
+                f'truncated JPEG ({len(data)} bytes, format {fmt!r}): the data ends inside '
+                'its header', kind='truncated')
+        if status == 'bad':
+            raise ImageConversionError(
+                f'corrupt compressed image: {len(data)} bytes (format {fmt!r}) start like a '
+                'JPEG but hold no valid marker sequence up to a frame header and a scan',
+                kind='corrupt')
         check_pixels(dims[0], dims[1], max_pixels, what='compressed image')
-    if data[:2] == b'\xff\xd8' and b'\xff\xd9' not in data[-64:]:
-        # libjpeg may hand back a half-grey frame for a cut-off JPEG; refuse it.
+        # The end-of-image marker cannot occur inside the entropy-coded data (0xFF is
+        # stuffed there), so one after the first scan means the image is complete; what
+        # follows it is padding. libjpeg may hand back a half-grey frame for a cut-off
+        # JPEG; refuse it.
+        if data.rfind(b'\xff\xd9') < sos:
+            raise ImageConversionError(
+                f'truncated JPEG ({len(data)} bytes, format {fmt!r}): no end-of-image marker',
+                kind='truncated')
+    elif found == 'PNG':
+        dims = compressed_dimensions(data)
+        if dims is None:
+            raise ImageConversionError(
+                f'corrupt compressed image: {len(data)} bytes (format {fmt!r}) start like a '
+                'PNG but have no IHDR header', kind='corrupt')
+        check_pixels(dims[0], dims[1], max_pixels, what='compressed image')
+    else:
+        what = (f'data looks like {found}' if found != 'unknown'
+                else f'no known image signature (starts with {data[:4].hex()})')
         raise ImageConversionError(
-            f'truncated JPEG ({len(data)} bytes, format {fmt!r}): no end-of-image marker',
-            kind='truncated')
+            f'unsupported compressed image format: {what} ({len(data)} bytes, format '
+            f'{fmt!r}); only JPEG and PNG are accepted', kind='unsupported_format')
     image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     if image is None or image.size == 0:
         raise ImageConversionError(
             f'corrupt compressed image: {len(data)} bytes (format {fmt!r}, starts with '
-            f'{data[:4].hex()}) could not be decoded as JPEG or PNG', kind='corrupt')
+            f'{data[:4].hex()}) could not be decoded as {found}', kind='corrupt')
     check_pixels(image.shape[1], image.shape[0], max_pixels, what='compressed image')
     return image
 

@@ -214,6 +214,147 @@ def test_huge_compressed_is_refused_from_its_header():
         compressed_to_bgr(msg, max_pixels=1000)
 
 
+def astronaut_like(side=96):
+    """A busy BGR frame (a JPEG of it has a long entropy-coded scan)."""
+    yy, xx = np.mgrid[0:side, 0:side]
+    image = np.dstack([(xx * 3) % 256, (yy * 5) % 256, ((xx + yy) * 2) % 256])
+    noise = RNG.integers(0, 40, size=(side, side, 3))
+    return np.clip(image + noise, 0, 255).astype(np.uint8)
+
+
+def jpeg_bytes(image, progressive=False):
+    """Encode `image` as JPEG bytes (baseline or progressive)."""
+    params = [cv2.IMWRITE_JPEG_QUALITY, 90, cv2.IMWRITE_JPEG_PROGRESSIVE, int(progressive)]
+    ok, encoded = cv2.imencode('.jpg', image, params)
+    assert ok
+    return encoded.tobytes()
+
+
+class DecodeSpy:
+    """Wraps the real cv2.imdecode and records how often it ran."""
+
+    def __init__(self):
+        self.calls = 0
+        self.real = cv2.imdecode
+
+    def __call__(self, *args):
+        self.calls += 1
+        return self.real(*args)
+
+
+@pytest.fixture
+def decode_spy(monkeypatch):
+    spy = DecodeSpy()
+    monkeypatch.setattr(cv2, 'imdecode', spy)
+    return spy
+
+
+@pytest.mark.parametrize('progressive', [False, True])
+@pytest.mark.parametrize('tail', [b'\x00' * 63, b'\x00' * 4096, b'\xff' * 500,
+                                  b'VENDOR-TRAILER' * 20 + b'\x00' * 7],
+                         ids=['zeros63', 'zeros4096', 'ff500', 'trailer'])
+def test_jpeg_padded_after_its_end_marker_is_decoded(progressive, tail):
+    # UVC/MJPEG drivers hand over whole buffers: the JPEG, then padding up to the buffer
+    # size. libjpeg ignores what follows the end-of-image marker, so must we.
+    image = astronaut_like()
+    data = jpeg_bytes(image, progressive)
+    expected = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    msg = CompressedImage(format='jpeg')
+    msg.data = array.array('B', data + tail)
+    np.testing.assert_array_equal(compressed_to_bgr(msg), expected)
+
+
+@pytest.mark.parametrize('progressive', [False, True])
+@pytest.mark.parametrize('padding', [b'', b'\x00' * 4096], ids=['bare', 'padded'])
+def test_jpeg_cut_inside_its_scan_is_truncated_even_when_padded(progressive, padding):
+    data = jpeg_bytes(astronaut_like(), progressive)
+    sos = data.index(b'\xff\xda')
+    cut = sos + (len(data) - sos) // 2  # in the entropy-coded data
+    msg = CompressedImage(format='jpeg')
+    msg.data = array.array('B', data[:cut] + padding)
+    with pytest.raises(ImageConversionError, match='truncated JPEG') as info:
+        compressed_to_bgr(msg)
+    assert info.value.kind == 'truncated'
+
+
+def test_jpeg_with_a_thumbnail_is_truncated_when_the_main_image_is_cut():
+    # An EXIF-style APP1 segment carrying a whole thumbnail JPEG (with its own end
+    # marker) precedes the frame: a cut-off main image must still count as truncated.
+    thumbnail = jpeg_bytes(np.full((8, 8, 3), 128, np.uint8))
+    app1 = b'\xff\xe1' + (2 + 6 + len(thumbnail)).to_bytes(2, 'big') + b'Exif\x00\x00' \
+        + thumbnail
+    main = jpeg_bytes(astronaut_like())
+    whole = main[:2] + app1 + main[2:]
+    msg = CompressedImage(format='jpeg')
+    msg.data = array.array('B', whole)
+    assert compressed_to_bgr(msg).shape == (96, 96, 3)
+    assert compressed_dimensions(whole) == (96, 96)  # the frame's, not the thumbnail's
+    msg.data = array.array('B', whole[:len(whole) - 200])
+    with pytest.raises(ImageConversionError, match='truncated JPEG'):
+        compressed_to_bgr(msg)
+
+
+@pytest.mark.parametrize('ext,name', [('.bmp', 'BMP'), ('.tiff', 'TIFF'), ('.webp', 'WebP'),
+                                      ('.ppm', 'PNM')])
+def test_formats_other_than_jpeg_and_png_are_refused_unread(ext, name, decode_spy):
+    ok, encoded = cv2.imencode(ext, BGR)
+    assert ok and cv2.imdecode(encoded, cv2.IMREAD_COLOR) is not None  # OpenCV reads it
+    decode_spy.calls = 0
+    msg = CompressedImage(format=ext[1:])
+    msg.data = array.array('B', encoded.tobytes())
+    with pytest.raises(ImageConversionError,
+                       match=f'unsupported compressed image format: data looks like {name} '
+                             '.*only JPEG and PNG are accepted') as info:
+        compressed_to_bgr(msg)
+    assert info.value.kind == 'unsupported_format'
+    assert decode_spy.calls == 0
+
+
+def test_huge_bmp_is_refused_before_decoding(decode_spy):
+    # 8000 x 4400 = 35.2 Mpx, above the 8K limit; decoding it first would cost ~200 MiB.
+    ok, encoded = cv2.imencode('.bmp', np.zeros((4400, 8000, 3), np.uint8))
+    msg = CompressedImage(format='bmp')
+    msg.data = array.array('B', encoded.tobytes())
+    decode_spy.calls = 0
+    with pytest.raises(ImageConversionError, match='looks like BMP') as info:
+        compressed_to_bgr(msg)
+    assert info.value.kind == 'unsupported_format' and decode_spy.calls == 0
+
+
+def test_data_without_any_image_signature_is_refused_unread(decode_spy):
+    msg = CompressedImage(format='jpeg')
+    msg.data = array.array('B', b'GARBAGE!' * 100)
+    with pytest.raises(ImageConversionError, match='no known image signature') as info:
+        compressed_to_bgr(msg)
+    assert info.value.kind == 'unsupported_format' and decode_spy.calls == 0
+
+
+@pytest.mark.parametrize('body', [b'\xff' * 2_000_000,  # fill bytes without end
+                                  b'\xff\xfe\x00\x02' * 500_000],  # empty comments
+                         ids=['fill', 'comments'])
+def test_endless_jpeg_header_is_given_up_as_corrupt(body, decode_spy):
+    # Walking megabytes of markers byte by byte cost the worker seconds: the walk gives
+    # up after a bounded number of markers and the frame is refused undecoded.
+    data = b'\xff\xd8' + body
+    assert compressed_dimensions(data) is None
+    msg = CompressedImage(format='jpeg')
+    msg.data = array.array('B', data)
+    with pytest.raises(ImageConversionError, match='corrupt compressed image') as info:
+        compressed_to_bgr(msg)
+    assert info.value.kind == 'corrupt' and decode_spy.calls == 0
+
+
+def test_jpeg_without_a_readable_header_is_not_decoded(decode_spy):
+    data = jpeg_bytes(astronaut_like())
+    sof = data.index(b'\xff\xc0')
+    broken = data[:sof] + b'\x00' + data[sof + 1:]  # the frame header's marker destroyed
+    msg = CompressedImage(format='jpeg')
+    msg.data = array.array('B', broken)
+    with pytest.raises(ImageConversionError, match='corrupt compressed image') as info:
+        compressed_to_bgr(msg)
+    assert info.value.kind == 'corrupt' and decode_spy.calls == 0
+
+
 # ---- debug image out ----
 
 def test_bgr_to_imgmsg_round_trip():
@@ -244,6 +385,9 @@ def test_errors_carry_a_kind_for_the_counters():
     corrupt = CompressedImage(format='png')
     corrupt.data = array.array('B', b'\x89PNG\r\n\x1a\n' + bytes(40))
     cases.append((lambda: compressed_to_bgr(corrupt), 'corrupt'))
+    bmp = CompressedImage(format='bmp')
+    bmp.data = array.array('B', cv2.imencode('.bmp', BGR)[1].tobytes())
+    cases.append((lambda: compressed_to_bgr(bmp), 'unsupported_format'))
     for call, kind in cases:
         with pytest.raises(ImageConversionError) as info:
             call()
