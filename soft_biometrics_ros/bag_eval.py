@@ -14,7 +14,9 @@ runs, without a ROS graph. It writes into the output folder:
   detection_score, age, gender, emotion with labels and probabilities).
 - `summary.json`: frame and face counts, the skipped frames with the reason
   (undecodable messages, corrupt or unsupported images are counted and skipped),
-  the mean time per pipeline stage, and the metrics when labels were given.
+  the frames whose header stamp repeats an earlier frame's (`duplicate_stamp_frames`,
+  and the first such stamps with their frames in `duplicate_stamps`), the mean time
+  per pipeline stage, and the metrics when labels were given.
 - with `--labels CSV`: `metrics.json`, `metrics.md` and `confusion_<task>.png`, the
   metrics of the training evaluation (soft_biometrics_ros.metrics: accuracy, macro-F1,
   balanced accuracy, confusion matrices, age MAE in years).
@@ -37,7 +39,11 @@ Each labelled face is matched to one detected face of its frame: by box overlap
 (IoU >= 0.3, best overlap first) when the row has a box, else the largest detected
 face not matched yet. Labelled faces without a match (missed detections, skipped
 frames, frames not in the bag) and detected faces without a label are counted in
-`summary.json`; only matched faces enter the metrics.
+`summary.json`; only matched faces enter the metrics. Each row is matched at most
+once: when several frames share a header stamp (a driver that does not stamp, a
+replayed sequence), a `stamp` row labels the first of them only; such frames are
+counted in `summary.json` (`duplicate_stamp_frames`, `duplicate_stamps`) and
+warned about (label them by `frame` instead).
 """
 
 from __future__ import annotations
@@ -104,7 +110,8 @@ def read_labels(path) -> List[FaceLabel]:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f'labels file {path} does not exist')
-    with path.open(newline='') as handle:
+    # utf-8-sig: spreadsheet programs (Excel's "CSV UTF-8") start the file with a BOM.
+    with path.open(newline='', encoding='utf-8-sig') as handle:
         reader = csv.DictReader(handle)
         columns = [c.strip() for c in (reader.fieldnames or [])]
         reader.fieldnames = columns
@@ -239,9 +246,13 @@ class LabelIndex:
         self._seen: set = set()
 
     def take(self, frame: int, stamp_ns: Optional[int]) -> List[FaceLabel]:
-        """Return the labels of a frame (by index and by stamp) and mark them used."""
+        """Return the labels of a frame (by index and by stamp) not taken yet; mark them used.
+
+        A label is handed out once: a later frame with the same header stamp gets none.
+        """
         found = self.by_frame.get(frame, []) + (
             self.by_stamp.get(stamp_ns, []) if stamp_ns is not None else [])
+        found = [label for label in found if id(label) not in self._seen]
         self._seen.update(id(label) for label in found)
         return found
 
@@ -288,6 +299,19 @@ def _frame_record(message: bag_io.BagMessage, stamp_ns: Optional[int]) -> dict:
             'stamp_ns': stamp_ns, 'log_time_ns': message.timestamp}
 
 
+MAX_DUPLICATE_STAMPS_LISTED = 20
+
+
+def _duplicate_stamps(frames_by_stamp: Dict[int, List[int]]) -> Tuple[int, List[dict]]:
+    """Return (frames repeating an earlier frame's stamp, the first such stamps listed)."""
+    repeated = [(stamp, frames) for stamp, frames in frames_by_stamp.items()
+                if len(frames) > 1]
+    count = sum(len(frames) - 1 for _, frames in repeated)
+    listed = [{'stamp': bag_io.format_stamp(stamp), 'stamp_ns': stamp, 'frames': frames}
+              for stamp, frames in repeated[:MAX_DUPLICATE_STAMPS_LISTED]]
+    return count, listed
+
+
 def evaluate_bag(bag_path, output_dir, pipeline, topic: Optional[str] = None,
                  labels_path=None, storage: Optional[str] = None,
                  faces_topic: str = bag_io.DEFAULT_FACES_TOPIC,
@@ -329,6 +353,7 @@ def evaluate_bag(bag_path, output_dir, pipeline, topic: Optional[str] = None,
         total = reader.message_count(topic)
         counts = {'frames': 0, 'processed': 0, 'faces': 0, 'frames_with_faces': 0}
         skipped: List[dict] = []
+        frames_by_stamp: Dict[int, List[int]] = {}
         stage_ms: Dict[str, List[float]] = {}
         results_path = output_dir / 'results.jsonl'
         copied = []
@@ -356,6 +381,7 @@ def evaluate_bag(bag_path, output_dir, pipeline, topic: Optional[str] = None,
                     try:
                         msg = bag_io.deserialize(message.rawdata, message.msgtype)
                         stamp_ns = bag_io.stamp_to_ns(msg.header.stamp)
+                        frames_by_stamp.setdefault(stamp_ns, []).append(message.index)
                         frame = bag_io.decode_frame(msg)
                         estimates, timings = pipeline.process(frame, color_order='bgr')
                     except (bag_io.MessageDecodeError, ImageConversionError,
@@ -385,11 +411,20 @@ def evaluate_bag(bag_path, output_dir, pipeline, topic: Optional[str] = None,
                         _score_frame(face_labels.take(message.index, stamp_ns), estimates,
                                      tally)
 
+    duplicate_frames, duplicate_stamps = _duplicate_stamps(frames_by_stamp)
+    if duplicate_frames:
+        LOGGER.warning(
+            '%d frame(s) of %s repeat the header stamp of an earlier frame (%d stamp(s), e.g. '
+            '%s)%s', duplicate_frames, topic,
+            sum(len(f) > 1 for f in frames_by_stamp.values()), duplicate_stamps[0]['stamp'],
+            '; a labels row keyed by stamp labels only the first frame of its stamp, label '
+            'by frame instead' if face_labels is not None and face_labels.by_stamp else '')
     summary = {
         'bag': str(bag_path), 'topic': topic, 'msgtype': msgtype,
         'output_bag': str(out_bag), 'storage': storage, 'bag_version': bag_version,
         'faces_topic': faces_topic, 'results': str(results_path),
         **counts, 'skipped': len(skipped), 'skipped_frames': skipped,
+        'duplicate_stamp_frames': duplicate_frames, 'duplicate_stamps': duplicate_stamps,
         'mean_ms': {stage: float(np.mean(v)) for stage, v in stage_ms.items()},
     }
     if face_labels is not None:

@@ -264,3 +264,46 @@ def test_humble_era_bag_keeps_version_8_and_storage_can_change(pipeline, tmp_pat
     with pytest.raises(bag_io.BagError, match='already has a /offline/faces topic'):
         bag_eval.evaluate_bag(tmp_path / 'out' / bag_eval.OUTPUT_BAG_NAME, tmp_path / 'again',
                               pipeline, faces_topic='/offline/faces', progress=False)
+
+
+def test_a_stamp_label_is_matched_once_when_frames_share_the_stamp(pipeline, tmp_path, caplog):
+    # A driver that does not stamp (or a replay) gives several frames one header stamp:
+    # the stamp row labels one face, not one per frame, and the repeats are reported.
+    bag = tmp_path / 'same_stamp'
+    frames = face_frames(4, SIDE)
+    stamps = [START_NS, START_NS, START_NS, START_NS + 1]
+    with bag_io.BagWriter(bag, storage='sqlite3') as writer:
+        writer.add_topic(IMAGE_TOPIC, bag_io.IMAGE_MSGTYPE)
+        for i, (frame, stamp) in enumerate(zip(frames, stamps)):
+            writer.write_message(IMAGE_TOPIC, START_NS + i,
+                                 image_conversion.bgr_to_imgmsg(frame, header(stamp)))
+    csv_path = tmp_path / 'labels.csv'
+    csv_path.write_text(f'stamp,gender\n{bag_io.format_stamp(START_NS)},female\n')
+    with caplog.at_level('WARNING', logger='soft_biometrics_eval'):
+        summary = bag_eval.evaluate_bag(bag, tmp_path / 'out', pipeline, labels_path=csv_path,
+                                        progress=False)
+    assert summary['processed'] == 4 and summary['faces'] >= 4
+    found = summary['labels']
+    assert (found['labelled_faces'], found['matched'], found['missed']) == (1, 1, 0)
+    assert found['unlabelled_detections'] == summary['faces'] - 1
+    metrics = json.loads((tmp_path / 'out' / 'metrics.json').read_text())
+    assert metrics['gender']['count'] == 1
+    on_disk = json.loads((tmp_path / 'out' / 'summary.json').read_text())
+    assert on_disk['duplicate_stamp_frames'] == 2
+    assert on_disk['duplicate_stamps'] == [
+        {'stamp': bag_io.format_stamp(START_NS), 'stamp_ns': START_NS, 'frames': [0, 1, 2]}]
+    warning = ' '.join(r.getMessage() for r in caplog.records)
+    assert '2 frame(s) of /camera/image_raw repeat the header stamp' in warning
+    assert 'label by frame instead' in warning
+
+
+def test_labels_csv_with_a_utf8_bom_is_read(tmp_path):
+    # Excel's "CSV UTF-8" starts the file with a byte order mark.
+    path = tmp_path / 'excel.csv'
+    path.write_text('\ufeffframe,gender,emotion\n0,female,happy\n3,Male,\n', encoding='utf-8')
+    parsed = bag_eval.read_labels(path)
+    assert [p.frame for p in parsed] == [0, 3]
+    assert [p.targets['gender'] for p in parsed] == [0, 1]
+    assert parsed[0].targets['emotion'] == labels.class_index('emotion', 'happy')
+    path.write_bytes(b'\xef\xbb\xbfstamp,age\n12.000000005,33\n')
+    assert bag_eval.read_labels(path)[0].stamp_ns == 12_000_000_005
