@@ -23,7 +23,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, List, Optional, Sequence
+from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Union
 
 import cv2
 import numpy as np
@@ -159,7 +159,24 @@ def frame_message(image: np.ndarray, header, compressed: bool, jpeg_quality: int
     return image_conversion.bgr_to_imgmsg(image, header, encoding='bgr8')
 
 
-def record_frames(frames: Iterable[np.ndarray], output, topic: Optional[str] = None,
+FrameSource = Union[Iterable[np.ndarray], Callable[[], Iterable[np.ndarray]]]
+
+
+def frame_factory(first: Iterable[np.ndarray],
+                  again: Callable[[], Iterable[np.ndarray]]) -> Callable[[], Iterable[np.ndarray]]:
+    """Return a frame factory for record_frames: `first` on the first call, then `again()`.
+
+    `first` is opened by the caller (so a bad input fails before a bag is created);
+    each later call (a --repeat pass) reads the source anew instead of keeping frames.
+    """
+    pending = [first]
+
+    def factory() -> Iterable[np.ndarray]:
+        return pending.pop() if pending else again()
+    return factory
+
+
+def record_frames(frames: FrameSource, output, topic: Optional[str] = None,
                   rate_hz: float = DEFAULT_IMAGE_RATE_HZ, frame_id: str = 'camera',
                   compressed: bool = False, storage: str = 'sqlite3',
                   version: int = bag_io.DEFAULT_BAG_VERSION, start_ns: Optional[int] = None,
@@ -167,11 +184,21 @@ def record_frames(frames: Iterable[np.ndarray], output, topic: Optional[str] = N
                   total: Optional[int] = None) -> RecordSummary:
     """Write BGR frames into a new bag on `topic`, frame i stamped start + i / rate.
 
+    frames: the BGR frames, or a frame factory (a callable returning a fresh iterable
+      of them, see frame_factory) that is called once per repetition, so no frame is
+      kept. A list or tuple is iterated again per repetition; any other iterable is
+      read once and, with repeat > 1, its messages (resized and encoded, not the
+      input frames) are kept for the repetitions.
     repeat: write the frame sequence this many times (stamps keep increasing).
     start_ns: stamp of the first frame (default: now).
     """
     if not rate_hz or not np.isfinite(rate_hz) or rate_hz <= 0:
         raise ValueError(f'rate must be a positive number of frames per second, got {rate_hz}')
+    period_ns = int(round(1e9 / rate_hz))
+    if period_ns < 1:
+        raise ValueError(f'rate {rate_hz:g} frames per second is too high: the frame period '
+                         'rounds to 0 ns, so every frame would get the same stamp; use at '
+                         'most 1e9 frames per second')
     if repeat < 1:
         raise ValueError(f'repeat must be >= 1, got {repeat}')
     if not 1 <= jpeg_quality <= 100:
@@ -179,22 +206,36 @@ def record_frames(frames: Iterable[np.ndarray], output, topic: Optional[str] = N
     topic = topic or (DEFAULT_COMPRESSED_TOPIC if compressed else DEFAULT_TOPIC)
     msgtype = bag_io.COMPRESSED_IMAGE_MSGTYPE if compressed else bag_io.IMAGE_MSGTYPE
     start_ns = time.time_ns() if start_ns is None else int(start_ns)
-    period_ns = int(round(1e9 / rate_hz))
     stamp_ns = start_ns
     count = 0
+    factory = frames if callable(frames) else None
+    if factory is None and isinstance(frames, (list, tuple)):
+        total = total or len(frames) * repeat
+    # A one-shot iterator cannot be read again: keep its (small) messages, not its frames.
+    kept: Optional[list] = [] if repeat > 1 and factory is None \
+        and not isinstance(frames, (list, tuple)) else None
     with bag_io.BagWriter(output, storage=storage, version=version) as bag:
         bag.add_topic(topic, msgtype)
-        if repeat > 1:  # the sequence is read again, so keep it
-            frames = list(frames)
-            total = total or len(frames) * repeat
         progress = tqdm(total=total, unit='frame', desc=f'recording {topic}', disable=None)
         with progress:
-            for _ in range(repeat):
-                for image in frames:
-                    image = resize_to_max_side(image, max_side)
+            for repetition in range(repeat):
+                if kept is not None and repetition > 0:
+                    source: Iterable = kept
+                else:
+                    source = factory() if factory is not None else frames
+                for item in source:
                     stamp_ns = start_ns + count * period_ns
-                    msg = frame_message(image, make_header(stamp_ns, frame_id), compressed,
-                                        jpeg_quality)
+                    if source is kept:
+                        msg = item
+                        msg.header.stamp.sec, msg.header.stamp.nanosec = \
+                            bag_io.ns_to_stamp(stamp_ns)
+                    else:
+                        image = resize_to_max_side(item, max_side)
+                        msg = frame_message(image, make_header(stamp_ns, frame_id),
+                                            compressed, jpeg_quality)
+                        del image, item
+                        if kept is not None:
+                            kept.append(msg)
                     bag.write_message(topic, stamp_ns, msg)
                     count += 1
                     progress.update()
@@ -247,13 +288,18 @@ def run(args: argparse.Namespace) -> RecordSummary:
     skipped: List[str] = []
     total = None
     rate = args.rate
+    frames: FrameSource
     if args.images:
         paths = image_paths(args.images)
-        frames: Iterable[np.ndarray] = frames_from_images(paths, skipped)
+        # Later --repeat passes read the files again; their unreadable ones are known.
+        frames = frame_factory(frames_from_images(paths, skipped),
+                               lambda: frames_from_images(paths, []))
         total = len(paths)
     elif args.video:
         video = Path(args.video)
-        frames = frames_from_video(video)
+        # Opened now (a bad path fails before the bag is created), re-opened per --repeat
+        # pass, so a long video is never held in memory.
+        frames = frame_factory(frames_from_video(video), lambda: frames_from_video(video))
         rate = rate if rate is not None else video_rate(video)
         total = video_frame_count(video)
     else:
