@@ -18,7 +18,9 @@ and evaluated:
   answer to the last frame (`--answer-timeout`) before closing it. `--lockstep`
   publishes each frame only after the answer to the previous one (or its timeout):
   slower than real time, but no frame is dropped by a busy node, so the answers can be
-  compared frame by frame with `soft_biometrics_eval`.
+  compared frame by frame with `soft_biometrics_eval`. Answers are told apart by header
+  stamp; frames sharing a stamp each wait for an answer newer than the previous one. On
+  an error the answers bag is removed when it holds no answer, so a rerun is not blocked.
 
 Frames larger than 512 KiB are dropped silently between processes by Fast DDS's default
 shared-memory segment; unless FASTDDS_DEFAULT_PROFILES_FILE is already set, this tool
@@ -30,6 +32,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -156,6 +159,10 @@ class BagPlayer:
         self.reader = bag_io.BagReader(config.bag).__enter__()
         try:
             self.topic = self.reader.choose_image_topic(config.topic)
+            if self.reader.message_count(self.topic) == 0:
+                # Before any answers bag is created or any subscriber awaited.
+                raise bag_io.BagError(f'bag {config.bag} holds no frames on {self.topic}: '
+                                      'nothing to play')
             self.msgtype = self.reader.topics[self.topic]
             cls = bag_io.message_class(self.msgtype)
             self.publisher = node.create_publisher(cls, config.output_topic or self.topic,
@@ -176,6 +183,9 @@ class BagPlayer:
             raise
         self.summary = ReplaySummary(topic=self.publisher.topic_name,
                                      record_faces=config.record_faces)
+        # Answers already recorded for a stamp when the last frame of that stamp was
+        # published: the frame's own answer is the next one (stamps may repeat).
+        self._answers_before: Dict[int, int] = {}
 
     # -- waiting
 
@@ -262,17 +272,19 @@ class BagPlayer:
                 if self.config.lockstep:
                     # Timing restarts after each answer: the node's speed sets the pace.
                     self._bag_origin, self._wall_origin = message.timestamp, time.monotonic()
+                last_stamp = bag_io.header_stamp_ns(message.rawdata)
+                if self.recorder and last_stamp is not None:
+                    self._answers_before[last_stamp] = self.recorder.stamps.get(last_stamp, 0)
                 self.publisher.publish(bytes(message.rawdata))
                 self._publish_clock(force=True)
                 played += 1
                 self.summary.published += 1
-                last_stamp = bag_io.header_stamp_ns(message.rawdata)
                 if self.config.lockstep:
                     self._wait_for_answer(last_stamp)
             if played == 0:
                 raise bag_io.BagError(
-                    f'no message on {self.topic} from {self.config.start_offset:g} s into the '
-                    f'bag (start offset beyond its end?)')
+                    f'no frame on {self.topic} from {self.config.start_offset:g} s into the '
+                    f'bag: the start offset is beyond its last frame')
             self.summary.loops += 1
             if not self.config.loop:
                 break
@@ -281,10 +293,17 @@ class BagPlayer:
         return self.summary
 
     def _wait_for_answer(self, stamp: Optional[int]) -> bool:
+        """Wait for the answer to the last frame published with `stamp`.
+
+        An answer counts when it is newer than those recorded for the stamp before that
+        frame went out, so frames sharing a stamp each wait for their own answer.
+        """
         if self.recorder is None or stamp is None:
             return False
+        before = self._answers_before.get(stamp, 0)
         deadline = time.monotonic() + self.config.answer_timeout
-        answered = self._spin_until(deadline, lambda: stamp in self.recorder.stamps)
+        answered = self._spin_until(deadline,
+                                    lambda: self.recorder.stamps.get(stamp, 0) > before)
         if not answered:
             LOGGER.warning('no answer on %s for the frame stamped %s within %.1f s',
                            self.recorder.topic, bag_io.format_stamp(stamp),
@@ -292,12 +311,21 @@ class BagPlayer:
             self.summary.unanswered_stamps.append(stamp)
         return answered
 
-    def close(self) -> None:
-        """Close the input bag and the answers bag."""
-        if self.recorder:
-            self.summary.answers = self.recorder.count
-            self.recorder.close()
-        self.reader.__exit__(None, None, None)
+    def close(self, failed: bool = False) -> None:
+        """Close the input bag and the answers bag.
+
+        failed: the replay ended with an error; an answers bag that holds no answer is
+        then removed, so it does not block a rerun (bags are never overwritten).
+        """
+        try:
+            if self.recorder:
+                self.summary.answers = self.recorder.count
+                self.recorder.close()
+                if failed and self.recorder.count == 0:
+                    shutil.rmtree(self.config.record_faces, ignore_errors=True)
+                    self.summary.record_faces = None
+        finally:
+            self.reader.__exit__(None, None, None)
 
 
 def replay(config: ReplayConfig, args: Optional[Sequence[str]] = None) -> ReplaySummary:
@@ -311,15 +339,19 @@ def replay(config: ReplayConfig, args: Optional[Sequence[str]] = None) -> Replay
     rclpy.init(args=args)
     node = rclpy.create_node('soft_biometrics_replay')
     player = None
+    failed = False
     try:
         player = BagPlayer(node, config)
         return player.play()
     except (KeyboardInterrupt, ExternalShutdownException):
         LOGGER.info('interrupted: closing the bags')
         return player.summary if player else ReplaySummary(topic='')
+    except BaseException:
+        failed = True
+        raise
     finally:
         if player is not None:
-            player.close()
+            player.close(failed=failed)
         node.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()

@@ -16,8 +16,9 @@ from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image
 
 from soft_biometrics_ros import bag_io, replay
+from soft_biometrics_ros.image_conversion import bgr_to_imgmsg
 from conftest import REPO_ROOT
-from test_bag_io import PERIOD_NS, face_frames, write_frames_bag
+from test_bag_io import PERIOD_NS, START_NS, face_frames, header, write_frames_bag
 
 
 def _replay_cmd(*args):
@@ -120,6 +121,77 @@ def test_missing_topic_is_a_clear_error(tmp_path):
                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert '/nope is not in bag' in result.stderr and '/camera/image_raw' in result.stderr
+
+
+def test_empty_bag_or_offset_past_the_end_leaves_no_answers_bag(tmp_path):
+    empty = tmp_path / 'empty'
+    with bag_io.BagWriter(empty) as writer:
+        writer.add_topic('/camera/image_raw', bag_io.IMAGE_MSGTYPE)
+    answers = tmp_path / 'answers'
+    for _ in range(2):  # a rerun is not blocked by an answers bag left behind
+        result = subprocess.run(
+            _replay_cmd(empty, '--record-faces', answers, '--wait-for-subscriber', 0),
+            cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2
+        assert f'bag {empty} holds no frames on /camera/image_raw' in result.stderr
+        assert 'exists already' not in result.stderr and not answers.exists()
+    bag = tmp_path / 'bag'
+    write_frames_bag(bag, face_frames(2, side=32))
+    for _ in range(2):
+        result = subprocess.run(
+            _replay_cmd(bag, '--record-faces', answers, '--wait-for-subscriber', 0,
+                        '--start-offset', 60),
+            cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2
+        assert 'from 60 s into the bag: the start offset is beyond its last frame' in \
+            result.stderr
+        assert 'exists already' not in result.stderr and not answers.exists()
+
+
+def test_lockstep_waits_for_each_answer_when_frames_share_a_stamp(tmp_path):
+    # A driver that does not stamp: frames 0-2 share one header stamp. Each must wait
+    # for its own answer, not take the first frame's answer for its own.
+    from soft_biometrics_msgs.msg import FaceAttributesArray
+    bag = tmp_path / 'same_stamp'
+    stamps = [START_NS, START_NS, START_NS, START_NS + 1]
+    with bag_io.BagWriter(bag) as writer:
+        writer.add_topic('/camera/image_raw', bag_io.IMAGE_MSGTYPE)
+        for i, (frame, stamp) in enumerate(zip(face_frames(4, side=32), stamps)):
+            writer.write_message('/camera/image_raw', START_NS + i * PERIOD_NS,
+                                 bgr_to_imgmsg(frame, header(stamp)))
+    rclpy.init()
+    # A stand-in for a slow node: answers each frame 0.5 s after it came, on a real graph.
+    node = rclpy.create_node('slow_responder')
+    answers = node.create_publisher(FaceAttributesArray, '/slow/faces', 10)
+    events, pending = [], []
+
+    def on_frame(msg):
+        events.append(('frame', len([e for e in events if e[0] == 'frame'])))
+        pending.append((time.monotonic() + 0.5, msg.header))
+    node.create_subscription(Image, '/slow/image', on_frame, 10)
+    try:
+        player = subprocess.Popen(
+            _replay_cmd(bag, '--output-topic', '/slow/image', '--faces-topic', '/slow/faces',
+                        '--record-faces', tmp_path / 'answers', '--lockstep', '--rate', 100,
+                        '--answer-timeout', 20, '--wait-for-subscriber', 30),
+            cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 90
+        while player.poll() is None and time.monotonic() < deadline:
+            rclpy.spin_once(node, timeout_sec=0.02)
+            while pending and pending[0][0] <= time.monotonic():
+                answers.publish(FaceAttributesArray(header=pending.pop(0)[1]))
+                events.append(('answer', len([e for e in events if e[0] == 'answer'])))
+        out, err = player.communicate(timeout=30)
+    finally:
+        if player.poll() is None:
+            player.kill()
+        node.destroy_node()
+        rclpy.shutdown()
+    assert player.returncode == 0, err
+    assert 'published 4 frames' in out and 'recorded 4 answers' in out
+    assert '0 awaited answer(s) missing' in out
+    # Lockstep: frame i+1 went out only after the answer to frame i.
+    assert events == [(kind, i) for i in range(4) for kind in ('frame', 'answer')], events
 
 
 def _faces_by_stamp(path):
