@@ -11,16 +11,21 @@ and returns them with
   p_t = smoothing * p_(t-1) + (1 - smoothing) * new_t, with labels, confidences and
   the expected age recomputed from the smoothed vectors.
 
-A track that is not matched for more than `max_missed` consecutive frames is
-forgotten; if the face comes back it gets a new id. Plain Python, no ROS.
+A track that is not matched for more than `max_missed` consecutive frames, or (with
+frame stamps) not seen for more than `max_age_s` seconds of frame time, is forgotten;
+if the face comes back it gets a new id. With `max_age_s`, stamps going backwards (a
+bag replayed in a loop) forget every track. Ids are never reused: trackers that follow
+each other can share one id counter. Non-finite probabilities (NaN, inf) never enter a
+smoothed track; they are skipped and counted. Plain Python, no ROS.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -38,6 +43,9 @@ class TrackerConfig:
     max_center_distance: without enough IoU, boxes still match when their centres are
         closer than this fraction of the track's box diagonal (fast motion, low rate).
     max_missed: a track unmatched for more than this many consecutive frames is dropped.
+    max_age_s: a track not seen for more than this many seconds of frame time (the
+        stamps given to `update`) is dropped, and a stamp going backwards drops every
+        track; 0 = off (stamps are ignored).
     smoothing: EMA strength in [0, 1); 0 = no smoothing (every frame stands alone).
     id_prefix: face ids are `id_prefix` + a 4-digit counter; must start with a letter.
     """
@@ -45,6 +53,7 @@ class TrackerConfig:
     iou_threshold: float = 0.3
     max_center_distance: float = 0.5
     max_missed: int = 5
+    max_age_s: float = 0.0
     smoothing: float = 0.5
     id_prefix: str = 'f'
 
@@ -56,6 +65,8 @@ class TrackerConfig:
                 f'max_center_distance must be >= 0, got {self.max_center_distance}')
         if int(self.max_missed) != self.max_missed or self.max_missed < 0:
             raise ValueError(f'max_missed must be an integer >= 0, got {self.max_missed}')
+        if not self.max_age_s >= 0.0:  # also refuses NaN
+            raise ValueError(f'max_age_s must be >= 0 (0 = no limit), got {self.max_age_s}')
         if not 0.0 <= self.smoothing < 1.0:
             raise ValueError(
                 f'smoothing must be in [0, 1) (0 = off, closer to 1 = smoother), '
@@ -97,6 +108,7 @@ class Track:
     probabilities: Dict[str, np.ndarray]
     missed: int = 0
     hits: int = 1
+    last_seen: Optional[float] = None
 
 
 def match(track_boxes: Sequence[Box], boxes: Sequence[Box], iou_threshold: float,
@@ -143,13 +155,19 @@ class FaceTracker:
 
     With `enabled=False` every detection gets a fresh id and no smoothing is applied
     (each frame stands alone), so ids never suggest a continuity that is not known.
+    `ids` is the counter behind the face ids; pass the same one to a tracker that
+    replaces this one (e.g. after a reconfiguration) so that ids are never reused.
+    `nonfinite` counts the per-task probability vectors skipped for holding NaN or inf.
     """
 
-    def __init__(self, config: TrackerConfig = None, enabled: bool = True):
+    def __init__(self, config: TrackerConfig = None, enabled: bool = True,
+                 ids: Optional[Iterator[int]] = None):
         self.config = config or TrackerConfig()
         self.enabled = enabled
         self.tracks: List[Track] = []
-        self._ids = itertools.count(1)
+        self.nonfinite = 0
+        self._ids = ids if ids is not None else itertools.count(1)
+        self._last_stamp: Optional[float] = None
 
     def new_id(self) -> str:
         """Return the next unused face id (prefix + counter, e.g. 'f0001')."""
@@ -158,36 +176,67 @@ class FaceTracker:
     def reset(self) -> None:
         """Forget every track (ids keep counting, so old ids are never reused)."""
         self.tracks = []
+        self._last_stamp = None
 
-    def update(self, estimates: Sequence[FaceEstimate]) -> List[FaceEstimate]:
+    def _forget_old(self, stamp: Optional[float]) -> None:
+        """Drop every track on a stamp going backwards, and tracks older than max_age_s."""
+        max_age = self.config.max_age_s
+        if stamp is None or max_age <= 0:
+            return
+        if self._last_stamp is not None and stamp < self._last_stamp:
+            self.tracks = []  # time went backwards (a bag loop): nothing carries over
+        self.tracks = [t for t in self.tracks
+                       if t.last_seen is None or stamp - t.last_seen <= max_age]
+        self._last_stamp = stamp
+
+    def _smooth(self, track: Track, vectors: Dict[str, np.ndarray]) -> None:
+        alpha = self.config.smoothing
+        for task in labels.TASKS:
+            new, old = vectors[task], track.probabilities[task]
+            if not np.all(np.isfinite(new)):
+                continue  # keep the smoothed past, never poison it (counted in update)
+            if not np.all(np.isfinite(old)):
+                track.probabilities[task] = new  # the track began with a bad vector
+            else:
+                track.probabilities[task] = alpha * old + (1 - alpha) * new
+
+    def update(self, estimates: Sequence[FaceEstimate],
+               stamp: Optional[float] = None) -> List[FaceEstimate]:
         """Match this frame's estimates to the tracks; return them with ids, smoothed.
 
         The output has the same order and boxes as `estimates`. Call once per processed
-        frame, also with an empty list (that ages the tracks).
+        frame, also with an empty list (that ages the tracks). `stamp` is the frame's
+        time in seconds (its header stamp); with stamps and `max_age_s` > 0, a track not
+        seen for more than `max_age_s` is forgotten, and a stamp earlier than the
+        previous one forgets every track. Without (None), only frames count.
         """
         if not self.enabled:
             return [dataclasses.replace(e, face_id=self.new_id()) for e in estimates]
+        if stamp is not None and not math.isfinite(stamp):
+            stamp = None
+        self._forget_old(stamp)
         vectors = [{task: e.task(task).vector(task) for task in labels.TASKS}
                    for e in estimates]
+        self.nonfinite += sum(not np.all(np.isfinite(v[task]))
+                              for v in vectors for task in labels.TASKS)
         pairs = match([t.box for t in self.tracks], [e.box for e in estimates],
                       self.config.iou_threshold, self.config.max_center_distance)
         matched_tracks = {ti for ti, _ in pairs}
         track_of_box = {bi: self.tracks[ti] for ti, bi in pairs}
-        alpha = self.config.smoothing
         out: List[FaceEstimate] = []
         new_tracks: List[Track] = []
         for bi, estimate in enumerate(estimates):
             track = track_of_box.get(bi)
             if track is None:
-                track = Track(self.new_id(), estimate.box, vectors[bi])
+                track = Track(self.new_id(), estimate.box, dict(vectors[bi]),
+                              last_seen=stamp)
                 new_tracks.append(track)
             else:
-                track.probabilities = {
-                    task: alpha * track.probabilities[task] + (1 - alpha) * vectors[bi][task]
-                    for task in labels.TASKS}
+                self._smooth(track, vectors[bi])
                 track.box = estimate.box
                 track.missed = 0
                 track.hits += 1
+                track.last_seen = stamp
             out.append(with_probabilities(estimate, track.probabilities, track.face_id))
         for ti, track in enumerate(self.tracks):
             if ti not in matched_tracks:

@@ -1,5 +1,7 @@
 """FaceTracker: stable ids, IoU/centre matching, EMA smoothing, forgetting."""
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -103,12 +105,82 @@ def test_disabled_tracker_gives_fresh_ids_and_no_smoothing():
     assert b.gender.label == 'male'
 
 
+def test_trackers_sharing_an_id_counter_never_reuse_ids():
+    ids = itertools.count(1)
+    box = (10, 10, 60, 60)
+    first = FaceTracker(TrackerConfig(id_prefix='fab'), ids=ids)
+    seen = {first.update([face(box)])[0].face_id}
+    second = FaceTracker(TrackerConfig(id_prefix='fab'), ids=ids)  # e.g. a reconfigure
+    out = second.update([face(box), face((200, 10, 250, 60))])
+    assert not seen & {f.face_id for f in out}
+    second.enabled = False
+    assert second.update([face(box)])[0].face_id not in seen | {f.face_id for f in out}
+
+
+def test_tracks_older_than_max_age_in_stamp_time_are_forgotten():
+    tracker = FaceTracker(TrackerConfig(max_age_s=2.0, smoothing=0.5))
+    box = (10, 10, 60, 60)
+    fid = tracker.update([face(box, gender=0)], stamp=100.0)[0].face_id
+    assert tracker.update([face(box, gender=0)], stamp=101.9)[0].face_id == fid
+    tracker.update([], stamp=103.0)
+    assert tracker.update([face(box, gender=0)], stamp=103.9)[0].face_id == fid  # 2.0 s
+    # an hour later, another person in the same place: a new track, nothing smoothed in
+    later = tracker.update([face(box, gender=1)], stamp=3700.0)[0]
+    assert later.face_id != fid
+    np.testing.assert_allclose(later.gender.vector('gender'), one_hot('gender', 1))
+
+
+def test_stamps_going_backwards_forget_every_track():
+    tracker = FaceTracker(TrackerConfig(max_age_s=2.0))
+    box = (10, 10, 60, 60)
+    fid = tracker.update([face(box)], stamp=50.0)[0].face_id
+    assert tracker.update([face(box)], stamp=50.1)[0].face_id == fid
+    assert tracker.update([face(box)], stamp=50.1)[0].face_id == fid  # same stamp: kept
+    looped = tracker.update([face(box)], stamp=10.0)[0].face_id  # a bag loop
+    assert looped != fid
+    assert tracker.update([face(box)], stamp=10.1)[0].face_id == looped
+
+
+def test_max_age_zero_ignores_stamps_and_reset_forgets():
+    tracker = FaceTracker(TrackerConfig(max_age_s=0.0))
+    box = (10, 10, 60, 60)
+    fid = tracker.update([face(box)], stamp=100.0)[0].face_id
+    assert tracker.update([face(box)], stamp=5000.0)[0].face_id == fid
+    assert tracker.update([face(box)], stamp=1.0)[0].face_id == fid
+    assert tracker.update([face(box)])[0].face_id == fid  # no stamp: frames only
+    tracker.reset()
+    assert tracker.update([face(box)], stamp=1.0)[0].face_id != fid
+
+
+def test_non_finite_probabilities_are_skipped_and_counted():
+    tracker = FaceTracker(TrackerConfig(smoothing=0.5))
+    box = (10, 10, 60, 60)
+    good = tracker.update([face(box, emotion=3)])[0]
+    bad = face(box, emotion=3)
+    probs = {task: bad.task(task).vector(task) for task in labels.TASKS}
+    probs['emotion'] = np.full(labels.NUM_CLASSES['emotion'], np.nan)
+    probs['age'][0] = np.inf
+    out = tracker.update([FaceEstimate.from_probabilities(box, 0.99, probs)])[0]
+    assert tracker.nonfinite == 2
+    assert out.face_id == good.face_id
+    np.testing.assert_allclose(out.emotion.vector('emotion'), good.emotion.vector('emotion'))
+    np.testing.assert_allclose(out.age.vector('age'), good.age.vector('age'))
+    # the gender vector was finite: smoothed as usual
+    np.testing.assert_allclose(out.gender.vector('gender'), one_hot('gender', 0))
+    out = tracker.update([face(box, emotion=4)])[0]  # the track is not poisoned
+    assert np.all(np.isfinite(out.emotion.vector('emotion')))
+    expected = 0.5 * one_hot('emotion', 3) + 0.5 * one_hot('emotion', 4)
+    np.testing.assert_allclose(out.emotion.vector('emotion'), expected)
+
+
 @pytest.mark.parametrize('field,value,message', [
     ('smoothing', 1.0, 'smoothing must be in \\[0, 1\\)'),
     ('smoothing', -0.1, 'smoothing'),
     ('iou_threshold', 1.5, 'iou_threshold'),
     ('max_missed', -1, 'max_missed'),
     ('max_center_distance', -1.0, 'max_center_distance'),
+    ('max_age_s', -1.0, 'max_age_s must be >= 0'),
+    ('max_age_s', float('nan'), 'max_age_s must be >= 0'),
     ('id_prefix', '9x', 'id_prefix must start with a letter'),
 ])
 def test_config_validation_names_the_field(field, value, message):
