@@ -14,10 +14,13 @@ A thin lifecycle shell around `soft_biometrics_ros.pipeline.Pipeline`:
 
 Always the newest frame: the subscription callback only puts the message into a
 one-slot buffer (a newer message replaces an unprocessed one, which is counted as
-dropped); a worker thread takes the newest frame, at most `max_rate` times a second,
-converts it, runs the pipeline, tracks and smooths the faces and publishes. Bad
-frames (unknown encoding, truncated data, ...) are counted, logged (throttled) and
-skipped.
+dropped); a worker thread takes the newest frame, at most `max_rate` times a second
+(a new rate applies at once), converts it, runs the pipeline, tracks and smooths the
+faces and publishes. Bad frames (unknown encoding, truncated data, ...) are counted,
+logged (throttled) and skipped. Tracks start afresh at every activation and
+deactivation, after a pause in the frame stamps longer than `max_track_age_s` and when
+the stamps go backwards; face ids are never reused while the node lives. Live
+parameter changes never wait for an inference (the tracker has its own lock).
 
 Run: `soft_biometrics_node --ros-args -p device:=cpu -r image:=/camera/image_raw`
 or `python -m soft_biometrics_ros.node --ros-args --params-file config/node.yaml`.
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import itertools
 import logging
 import os
 import random
@@ -57,6 +61,10 @@ from soft_biometrics_ros.ros_messages import estimates_to_msg
 from soft_biometrics_ros.tracking import FaceTracker, TrackerConfig
 
 NODE_NAME = 'soft_biometrics'
+# Node parameters that set a TrackerConfig field: name -> (field, conversion).
+TRACKER_FIELDS = {'smoothing': ('smoothing', float),
+                  'max_missed_frames': ('max_missed', int),
+                  'max_track_age_s': ('max_age_s', float)}
 PROFILE_ENV = 'FASTDDS_DEFAULT_PROFILES_FILE'
 BAD_FRAME_LOG_PERIOD_S = 2.0
 
@@ -104,13 +112,15 @@ class LatestFrameBuffer:
 
     `put` replaces an unprocessed frame (returns True then, so it can be counted as
     dropped); `take` waits for a frame no earlier than `not_before` (monotonic time,
-    the rate cap) and returns the newest one.
+    the rate cap) and returns the newest one; `wake` makes a waiting `take` return
+    early so that its caller can compute `not_before` again (the rate changed).
     """
 
     def __init__(self):
         self._condition = threading.Condition()
         self._item = None
         self._closed = False
+        self._wakes = 0
 
     def put(self, item) -> bool:
         """Store `item`; return True when it replaced a frame that was never processed."""
@@ -123,12 +133,14 @@ class LatestFrameBuffer:
     def take(self, timeout: float, not_before: float = 0.0):
         """Return the newest frame once one is there and `not_before` has passed, else None.
 
-        Waits at most `timeout` seconds; returns None at once when closed.
+        Waits at most `timeout` seconds; returns None at once when closed, and when
+        woken by `wake` (the frame stays stored).
         """
         deadline = time.monotonic() + timeout
         with self._condition:
+            wakes = self._wakes
             while True:
-                if self._closed:
+                if self._closed or self._wakes != wakes:
                     return None
                 now = time.monotonic()
                 if self._item is not None and now >= not_before:
@@ -140,6 +152,12 @@ class LatestFrameBuffer:
                 if self._item is not None:
                     wait = min(wait, not_before - now)
                 self._condition.wait(max(wait, 0.0))
+
+    def wake(self) -> None:
+        """Make every waiting `take` return None now, keeping the stored frame."""
+        with self._condition:
+            self._wakes += 1
+            self._condition.notify_all()
 
     def clear(self) -> bool:
         """Drop the stored frame; return True when there was one."""
@@ -176,9 +194,15 @@ class SoftBiometricsNode(LifecycleNode):
         self._pipeline = None
         self._device = ''
         self._backbone = ''
+        # _model_lock is held during inference; the tracker has its own lock so that a
+        # live parameter change never waits for an inference (order: model, tracker).
         self._model_lock = threading.Lock()
+        self._tracker_lock = threading.Lock()
         self._tracker: Optional[FaceTracker] = None
         self._id_prefix = 'f' + ''.join(random.choices(string.ascii_lowercase, k=3))
+        # One id counter for the node's life: every tracker (each configure) draws from
+        # it, so a face id is never given to two faces.
+        self._face_ids = itertools.count(1)
         self._buffer = LatestFrameBuffer()
         self._worker: Optional[threading.Thread] = None
         self._stop = threading.Event()
@@ -187,8 +211,8 @@ class SoftBiometricsNode(LifecycleNode):
         self._faces_pub = None
         self._debug_pub = None
         self._last_bad_log: Dict[str, float] = {}
-        self._max_rate = float(self.get_parameter('max_rate').value)
-        self._publish_debug = bool(self.get_parameter('publish_debug_image').value)
+        self._max_rate = float(self._start_value('max_rate'))
+        self._publish_debug = bool(self._start_value('publish_debug_image'))
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         self._diagnostics_timer = self.create_timer(1.0, self.publish_diagnostics)
@@ -198,6 +222,15 @@ class SoftBiometricsNode(LifecycleNode):
     def parameter_values(self) -> Dict[str, Any]:
         """Return the current value of every node parameter."""
         return {spec.name: self.get_parameter(spec.name).value for spec in PARAMETERS}
+
+    def _start_value(self, name: str):
+        """Return the parameter's value when valid, else its default.
+
+        A bad value given at start must not crash the node: configure refuses it with
+        a message naming the parameter.
+        """
+        value = self.get_parameter(name).value
+        return SPECS[name].default if check_parameter(name, value) else value
 
     def _on_set_parameters(self, parameters) -> SetParametersResult:
         problems = [check_parameter(p.name, p.value) for p in parameters if p.name in SPECS]
@@ -224,21 +257,20 @@ class SoftBiometricsNode(LifecycleNode):
         """Apply a `live` parameter at once (called with an already valid value)."""
         if name == 'max_rate':
             self._max_rate = float(value)
+            self._buffer.wake()  # the worker computes its next start from the new rate
         elif name == 'publish_debug_image':
             self._publish_debug = bool(value)
-        elif name in ('tracking', 'smoothing', 'max_missed_frames'):
-            with self._model_lock:
+        elif name in TRACKER_FIELDS or name == 'tracking':
+            with self._tracker_lock:  # never the model lock: it is held during inference
                 if self._tracker is None:
                     return
                 if name == 'tracking':
                     self._tracker.enabled = bool(value)
                     self._tracker.reset()
-                elif name == 'smoothing':
-                    self._tracker.config = dataclasses.replace(
-                        self._tracker.config, smoothing=float(value))
                 else:
+                    field, convert = TRACKER_FIELDS[name]
                     self._tracker.config = dataclasses.replace(
-                        self._tracker.config, max_missed=int(value))
+                        self._tracker.config, **{field: convert(value)})
 
     # ---- lifecycle ----
 
@@ -262,6 +294,8 @@ class SoftBiometricsNode(LifecycleNode):
         problems = check_parameters(values)
         if problems:
             return self._fail('configure failed, invalid parameters: ' + '; '.join(problems))
+        for name in ('max_rate', 'publish_debug_image'):  # valid now; set at start or here
+            self._apply_parameter(name, values[name])
         checkpoint, backbone, pretrained = resolve_model_source(
             values['checkpoint'], values['backbone'], values['pretrained'])
         source = (f'checkpoint {checkpoint}' if checkpoint else
@@ -283,10 +317,12 @@ class SoftBiometricsNode(LifecycleNode):
                 'file or a trained checkpoint. ***' % self._backbone)
         with self._model_lock:
             self._pipeline = pipeline
+        with self._tracker_lock:
             self._tracker = FaceTracker(TrackerConfig(
-                smoothing=float(values['smoothing']),
-                max_missed=int(values['max_missed_frames']),
-                id_prefix=self._id_prefix), enabled=bool(values['tracking']))
+                id_prefix=self._id_prefix,
+                **{field: convert(values[name])
+                   for name, (field, convert) in TRACKER_FIELDS.items()}),
+                enabled=bool(values['tracking']), ids=self._face_ids)
         self._faces_pub = self.create_lifecycle_publisher(FaceAttributesArray, '~/faces', 10)
         self._debug_pub = self.create_lifecycle_publisher(
             Image, '~/debug_image',
@@ -323,6 +359,7 @@ class SoftBiometricsNode(LifecycleNode):
                 Image, 'image', self._on_image, qos_profile_sensor_data)
         self._buffer.clear()
         self._buffer.open()
+        self._reset_tracks()
         self._stop.clear()
         self._worker = threading.Thread(target=self._work, name='soft_biometrics_worker',
                                         daemon=True)
@@ -345,9 +382,16 @@ class SoftBiometricsNode(LifecycleNode):
             self._worker = None
         self._buffer.clear()
 
+    def _reset_tracks(self) -> None:
+        """Forget every tracked face (a later face in the same place gets a new id)."""
+        with self._tracker_lock:
+            if self._tracker is not None:
+                self._tracker.reset()
+
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Stop processing: unsubscribe and stop the worker (the model stays loaded)."""
+        """Stop processing: unsubscribe, stop the worker, forget the tracked faces."""
         self._stop_processing()
+        self._reset_tracks()
         self._state = 'inactive'
         return super().on_deactivate(state)
 
@@ -358,7 +402,9 @@ class SoftBiometricsNode(LifecycleNode):
                 self.destroy_lifecycle_publisher(publisher)
                 setattr(self, name, None)
         with self._model_lock:
-            pipeline, self._pipeline, self._tracker = self._pipeline, None, None
+            pipeline, self._pipeline = self._pipeline, None
+        with self._tracker_lock:
+            self._tracker = None
         device = self._device
         del pipeline
         gc.collect()
@@ -395,28 +441,36 @@ class SoftBiometricsNode(LifecycleNode):
             self.stats.record_dropped()
 
     def _work(self) -> None:
-        next_allowed = 0.0
+        last_started = None
         while not self._stop.is_set():
-            msg = self._buffer.take(timeout=0.5, not_before=next_allowed)
+            # From the current rate on every pass: a rate raised while waiting applies
+            # at once (the parameter change wakes the buffer).
+            rate = self._max_rate
+            not_before = 0.0
+            if last_started is not None and rate > 0:
+                not_before = last_started + 1.0 / rate
+            msg = self._buffer.take(timeout=0.5, not_before=not_before)
             if msg is None:
                 continue
-            started = time.monotonic()
-            rate = self._max_rate
-            next_allowed = started + (1.0 / rate if rate > 0 else 0.0)
+            last_started = time.monotonic()
             try:
                 self.process_frame(msg)
             except Exception as error:  # a worker that dies silently would look like a hang
                 self._bad_frame('internal', f'processing failed: {type(error).__name__}: '
                                             f'{error}')
 
+    def _warn_throttled(self, key: str, message) -> None:
+        """Log `message()` as a warning at most once per BAD_FRAME_LOG_PERIOD_S per key."""
+        now = time.monotonic()
+        if now - self._last_bad_log.get(key, -1e9) >= BAD_FRAME_LOG_PERIOD_S:
+            self._last_bad_log[key] = now
+            self.get_logger().warning(message())
+
     def _bad_frame(self, kind: str, reason: str) -> None:
         self.stats.record_bad(kind, reason)
-        now = time.monotonic()
-        if now - self._last_bad_log.get(kind, -1e9) >= BAD_FRAME_LOG_PERIOD_S:
-            self._last_bad_log[kind] = now
-            self.get_logger().warning(
-                f'skipped a bad frame ({kind}): {reason} [{self.stats.bad[kind]} such frames '
-                'so far; this warning is throttled]')
+        self._warn_throttled(kind, lambda: (
+            f'skipped a bad frame ({kind}): {reason} [{self.stats.bad[kind]} such frames '
+            'so far; this warning is throttled]'))
 
     def process_frame(self, msg) -> Optional[FaceAttributesArray]:
         """Convert, detect, classify, track and publish one frame; return what was published."""
@@ -436,7 +490,18 @@ class SoftBiometricsNode(LifecycleNode):
                 self._bad_frame('inference', f'inference failed on a {image.shape} frame: '
                                              f'{type(error).__name__}: {error}')
                 return None
-            estimates = self._tracker.update(estimates)
+        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        with self._tracker_lock:
+            tracker = self._tracker
+            if tracker is None:
+                return None
+            nonfinite = tracker.nonfinite
+            estimates = tracker.update(estimates, stamp=stamp)
+            nonfinite, total = tracker.nonfinite - nonfinite, tracker.nonfinite
+        if nonfinite:
+            self._warn_throttled('nonfinite', lambda: (
+                f'non-finite (NaN/inf) class probabilities: kept out of the smoothed '
+                f'tracks [{total} such vectors so far; this warning is throttled]'))
         t2 = time.perf_counter()
         out = estimates_to_msg(estimates, msg.header, (image.shape[1], image.shape[0]))
         faces_pub, debug_pub = self._faces_pub, self._debug_pub

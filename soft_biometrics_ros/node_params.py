@@ -163,6 +163,12 @@ PARAMETERS: Tuple[ParameterSpec, ...] = (
                   'Forget a tracked face after this many processed frames without it '
                   '(integer >= 0); when it returns it gets a new face_id.',
                   lambda v: _number(v, 0, integer=True), 'live'),
+    ParameterSpec('max_track_age_s', 2.0,
+                  'Forget a tracked face not seen for more than this many seconds of frame '
+                  'time (header stamps), e.g. across a pause in the stream; a stamp going '
+                  'backwards (a bag loop) forgets every face. >= 0; 0 = off (stamps are '
+                  'ignored).',
+                  lambda v: _number(v, 0.0), 'live'),
     ParameterSpec('publish_debug_image', False,
                   'Publish ~/debug_image (boxes and labels drawn) while someone subscribes.',
                   _bool, 'live'),

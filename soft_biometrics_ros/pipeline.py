@@ -52,7 +52,8 @@ class PipelineConfig:
         PE-Core-T-16-384). With a checkpoint it must match the checkpoint's backbone.
     pretrained: backbone weights: 'meta' (open_clip hub tag, needs internet once), a
         local weights file, 'none' (random weights: UNTRAINED, announced loudly), or ''
-        (with a checkpoint: the source it records; zero-shot: none).
+        (with a checkpoint: the source it records; zero-shot: none). A leading '~' in
+        checkpoint or a weights file is the home directory.
     device: 'cuda', 'cuda:N', 'cpu' or 'auto'; CUDA falls back to the CPU with a warning.
     precision: 'fp32', 'fp16' or 'bf16' (autocast on CUDA; fp32 elsewhere), or 'int8'
         (dynamic int8 Linear layers on the CPU; fp32 elsewhere).
@@ -88,6 +89,11 @@ class PipelineConfig:
                                  f'got {type(value).__name__} {value!r}')
             else:
                 setattr(self, name, os.fspath(value).strip())
+        # '~' in a path means the home directory everywhere (the node's parameter checks
+        # expand it too): expand it once here, so every loader below gets a real path.
+        self.checkpoint = os.path.expanduser(self.checkpoint)
+        if self.pretrained not in ('', 'meta', 'none'):
+            self.pretrained = os.path.expanduser(self.pretrained)
         if self.checkpoint and not os.path.isdir(self.checkpoint):
             raise ValueError(f'PipelineConfig.checkpoint: directory {self.checkpoint!r} does '
                              f'not exist (give a checkpoint directory, or \'\' for zero-shot)')

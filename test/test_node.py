@@ -231,3 +231,25 @@ def test_max_rate_caps_processing(graph):
     client.set_parameters(max_rate=0.0)
     # at most one frame per second (+1 for the frame taken at the start of the window)
     assert 1 <= len(answered) <= 6, answered
+
+
+def test_raising_max_rate_applies_at_once(graph):
+    client, _, _ = graph
+    frame = astronaut_bgr()
+    client.publish(bgr_msg(frame, (4100, 0)))
+    assert client.answer((4100, 0)) is not None
+    # One frame every ~11.6 days from now on. (A node that schedules its next frame from
+    # the rate in force when the last one started still answers 4101 at once.)
+    (result,) = client.set_parameters(max_rate=1e-6)
+    assert result.successful
+    client.publish(bgr_msg(frame, (4101, 0)))
+    client.answer((4101, 0), timeout=3.0)
+    client.publish(bgr_msg(frame, (4102, 0)))
+    assert client.answer((4102, 0), timeout=3.0) is None, 'max_rate=1e-6 did not cap'
+    # Raised back to unlimited: the waiting frame and the next ones go at once, not
+    # after the old period.
+    (result,) = client.set_parameters(max_rate=0.0)
+    assert result.successful
+    assert client.answer((4102, 0), timeout=30.0) is not None, 'new max_rate not applied'
+    client.publish(bgr_msg(frame, (4103, 0)))
+    assert client.answer((4103, 0), timeout=30.0) is not None

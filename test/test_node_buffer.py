@@ -41,3 +41,18 @@ def test_close_wakes_a_waiting_worker():
     buffer.put('again')
     assert buffer.take(timeout=0.1) == 'again'
     assert buffer.clear() is False
+
+
+def test_wake_returns_a_waiting_take_early_and_keeps_the_frame():
+    buffer = LatestFrameBuffer()
+    buffer.put('waiting frame')
+    result = []
+    far = time.monotonic() + 3600.0  # a rate cap of one frame an hour
+    worker = threading.Thread(
+        target=lambda: result.append(buffer.take(timeout=30.0, not_before=far)))
+    worker.start()
+    time.sleep(0.1)
+    buffer.wake()  # the rate changed: the worker must compute not_before again
+    worker.join(10.0)
+    assert not worker.is_alive() and result == [None]
+    assert buffer.take(timeout=0.1) == 'waiting frame'  # not lost

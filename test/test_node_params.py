@@ -62,6 +62,8 @@ def test_bad_run_time_values_are_rejected_with_a_message(node):
     ('max_rate', -1.0, '>= 0.0'),
     ('smoothing', 1.0, '< 1.0'),
     ('max_missed_frames', -1, '>= 0'),
+    ('max_track_age_s', -0.5, '>= 0.0'),
+    ('max_rate', '10hz', 'type float'),
     ('precision', 'fp8', 'fp32, fp16, bf16, int8'),
     ('backbone', 'ViT-B-32', 'PE-Core'),
     ('pretrained', '/does/not/exist.safetensors', 'is not a file'),
@@ -96,19 +98,53 @@ def test_int_for_a_double_is_accepted_and_wrong_types_rejected(node):
     node.set_parameters([Parameter('max_rate', value=DEFAULTS['max_rate'])])
 
 
-def test_invalid_start_values_fail_configure_with_a_message():
+@pytest.mark.parametrize('overrides,fragments', [
+    ({'smoothing': 3.0, 'min_face_size': 'big'},
+     ('parameter smoothing = 3.0 must be < 1.0', 'min_face_size must be of type int')),
+    # values the node itself uses from the start (the rate cap, the debug image switch)
+    ({'max_rate': '10hz', 'publish_debug_image': 'yes'},
+     ("parameter max_rate must be of type float (default 10.0), got '10hz'",
+      'publish_debug_image must be of type bool')),
+    ({'max_rate': [1.0, 2.0], 'max_track_age_s': 'soon'},
+     ('parameter max_rate must be of type float', 'max_track_age_s must be of type float')),
+])
+def test_invalid_start_values_fail_configure_with_a_message(overrides, fragments):
     from rclpy.lifecycle import TransitionCallbackReturn
 
     from soft_biometrics_ros.node import SoftBiometricsNode
     context = rclpy.Context()
     rclpy.init(context=context)
     try:
+        # The node must come up (no exception) and stay alive, unconfigured.
         node = SoftBiometricsNode(context=context, parameter_overrides=[
-            Parameter('smoothing', value=3.0), Parameter('min_face_size', value='big'),
+            *(Parameter(name, value=value) for name, value in overrides.items()),
             Parameter('autostart', value=False)])
         assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
-        assert 'parameter smoothing = 3.0 must be < 1.0' in node._error
-        assert 'min_face_size must be of type int' in node._error
+        for fragment in fragments:
+            assert fragment in node._error
+        assert node._max_rate == DEFAULTS['max_rate']  # a valid value until fixed
         node.destroy_node()
     finally:
         rclpy.shutdown(context=context)
+
+
+def test_home_relative_paths_pass_the_check_and_reach_the_pipeline(monkeypatch, tmp_path):
+    from soft_biometrics_ros.pipeline import PipelineConfig
+    monkeypatch.setenv('HOME', str(tmp_path))
+    (tmp_path / 'models' / 'ckpt').mkdir(parents=True)
+    (tmp_path / 'models' / 'weights.bin').write_bytes(b'weights')
+    assert check_parameter('checkpoint', '~/models/ckpt') is None
+    assert check_parameter('pretrained', '~/models/weights.bin') is None
+    # The node builds its PipelineConfig from these values (after resolve_model_source):
+    # a path the check accepts must not fail configure.
+    checkpoint, backbone, pretrained = resolve_model_source(
+        '~/models/ckpt', '', '~/models/weights.bin')
+    config = PipelineConfig(checkpoint=checkpoint, pretrained=pretrained, device='cpu')
+    assert config.checkpoint == str(tmp_path / 'models' / 'ckpt')
+    assert config.pretrained == str(tmp_path / 'models' / 'weights.bin')
+    config = PipelineConfig(pretrained='~/models/weights.bin', device='cpu')
+    assert config.pretrained == str(tmp_path / 'models' / 'weights.bin')
+    assert PipelineConfig(pretrained='meta', device='cpu').pretrained == 'meta'
+    assert check_parameter('checkpoint', '~/models/missing') is not None
+    with pytest.raises(ValueError, match='models/missing'):
+        PipelineConfig(checkpoint='~/models/missing', device='cpu')
