@@ -28,7 +28,7 @@ setup: $(BUILD_STAMP)
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(DEPS_STAMP): requirements/pins.txt requirements/nodeps.txt | $(VENV)/bin/python
+$(DEPS_STAMP): requirements/pins.txt requirements/runtime.txt requirements/nodeps.txt | $(VENV)/bin/python
 	$(PIP) install --disable-pip-version-check -r requirements/pins.txt
 	$(PIP) install --disable-pip-version-check --no-deps -r requirements/nodeps.txt
 	touch $@

@@ -2,7 +2,23 @@
 # the virtual environment, the ROS 2 wheels found by ament/CMake, and the colcon
 # install space (messages + console scripts).
 #   . scripts/env.sh
-_sb_root="$(cd "$(dirname "${BASH_SOURCE:-$0}")/.." && pwd)"
+# Where this file lies: bash and zsh say; POSIX sh (dash) cannot, so there it must be
+# sourced from the repository root.
+if [ -n "${BASH_SOURCE:-}" ]; then
+  _sb_script="${BASH_SOURCE}"
+elif [ -n "${ZSH_VERSION:-}" ]; then
+  eval '_sb_script="${(%):-%x}"'
+else
+  _sb_script="./scripts/env.sh"
+fi
+if [ ! -f "$_sb_script" ] || [ ! -f "$(dirname "$_sb_script")/../.venv/bin/activate" ]; then
+  echo "scripts/env.sh: no .venv next to $_sb_script; run \`make setup\` first, and under" \
+       "POSIX sh source this file from the repository root (. scripts/env.sh)" >&2
+  unset _sb_script
+  return 1 2>/dev/null || exit 1
+fi
+_sb_root="$(cd "$(dirname "$_sb_script")/.." && pwd)"
+unset _sb_script
 . "$_sb_root/.venv/bin/activate"
 export AMENT_PREFIX_PATH="$VIRTUAL_ENV${AMENT_PREFIX_PATH:+:$AMENT_PREFIX_PATH}"
 export CMAKE_PREFIX_PATH="$VIRTUAL_ENV${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fetch into .whl/ the wheels a bare CUDA machine (Python 3.12, PyTorch installed, no
-# internet) lacks for `make gpu-check`, at the versions of requirements/pins.txt and
-# requirements/nodeps.txt. Run it here, on a machine with a package registry:
+# internet) lacks for `make gpu-check`, at the versions of requirements/runtime.txt
+# and requirements/nodeps.txt. Run it here, on a machine with a package registry:
 #
 #   make gpu-wheels                 # = bash scripts/gpu_wheels.sh
 #
@@ -18,7 +18,7 @@ PACKAGES=(open_clip_torch timm peft ftfy wcwidth facenet-pytorch)
 
 pinned() {
   local name=$1 line
-  line=$(grep -hiE "^${name}(\[[^]]*\])?==" requirements/pins.txt requirements/nodeps.txt | head -n 1)
+  line=$(grep -hiE "^${name}(\[[^]]*\])?==" requirements/runtime.txt requirements/pins.txt requirements/nodeps.txt | head -n 1)
   [ -n "$line" ] || { echo "gpu-wheels: $name is not pinned in requirements/" >&2; exit 3; }
   echo "${line%%[[:space:]]*}" | sed -E 's/\[[^]]*\]//'
 }

@@ -47,7 +47,7 @@ def test_gpu_wheels_takes_every_version_from_the_pin_files():
     script = (REPO_ROOT / 'scripts' / 'gpu_wheels.sh').read_text()
     packages = re.search(r'PACKAGES=\(([^)]*)\)', script).group(1).split()
     pins = ''.join((REPO_ROOT / 'requirements' / name).read_text()
-                   for name in ('pins.txt', 'nodeps.txt'))
+                   for name in ('runtime.txt', 'pins.txt', 'nodeps.txt'))
     for package in packages:
         assert re.search(rf'^{re.escape(package)}==\S+', pins, re.M | re.I), \
             f'{package} is fetched for the GPU check but not pinned in requirements/'

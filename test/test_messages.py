@@ -103,3 +103,19 @@ def test_colcon_lists_both_packages():
 def test_console_scripts_are_installed(script):
     path = REPO_ROOT / 'install' / 'soft_biometrics_ros' / 'lib' / 'soft_biometrics_ros' / script
     assert path.exists(), f'{script} missing from the colcon install space'
+
+
+@pytest.mark.parametrize('shell', ['sh', 'bash'])
+def test_env_script_gives_the_messages_in_posix_sh_and_bash(shell, tmp_path):
+    # From the repository root both shells get the venv, ROS 2 and the built messages.
+    probe = 'python -c "import rclpy, soft_biometrics_msgs.msg as m; print(m.Age.__name__)"'
+    inside = subprocess.run([shell, '-c', f'. scripts/env.sh && {probe}'], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert inside.returncode == 0 and inside.stdout.strip() == 'Age', inside.stderr
+    # Elsewhere bash still finds the repository; POSIX sh cannot, and says what to do.
+    outside = subprocess.run([shell, '-c', f'. "{REPO_ROOT}/scripts/env.sh" && {probe}'],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    if shell == 'bash':
+        assert outside.returncode == 0 and outside.stdout.strip() == 'Age', outside.stderr
+    else:
+        assert outside.returncode != 0 and 'repository root' in outside.stderr
