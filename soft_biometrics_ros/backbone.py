@@ -55,12 +55,29 @@ def list_backbones() -> List[str]:
 
 
 def check_backbone_name(name: str) -> str:
-    """Return `name` if it is a PE-Core architecture, else raise BackboneError listing them."""
+    """Return `name` if it is a PE-Core architecture, else raise BackboneError listing them.
+
+    The error suggests the name meant: the same but for case, else the only one `name`
+    begins (`PE-Core-T` -> PE-Core-T-16-384; none when it begins several), else the
+    closest spelling.
+    """
     names = list_backbones()
     if name not in names:
+        import difflib
+        text = str(name)
+        folded = text.casefold()
+        guess = None
+        for matches in ([n for n in names if n.casefold() == folded],
+                        [n for n in names if text and n.startswith(text)],
+                        [n for n in names if text and n.casefold().startswith(folded)],
+                        difflib.get_close_matches(text, names, n=1, cutoff=0.6)):
+            if matches:
+                guess = matches[0] if len(matches) == 1 else None
+                break
+        hint = f' (did you mean {guess}?)' if guess else ''
         raise BackboneError(
             f'backbone {name!r} is not a PE-Core architecture known to open_clip '
-            f'{open_clip.__version__}; choose one of {", ".join(names)}')
+            f'{open_clip.__version__}{hint}; choose one of {", ".join(names)}')
     return name
 
 

@@ -176,3 +176,14 @@ def test_format_table_lists_each_face():
     for i, estimate in enumerate(estimates):
         assert estimate.emotion.label in lines[2 + i] and lines[2 + i].split()[0] == str(i)
     assert format_table('x.png', None, [], {'detect': 1.0}).endswith('0 faces (detect 1 ms)')
+
+
+def test_a_backbone_prefix_suggests_the_architecture_it_begins(media, capsys):
+    # 'PE-Core-T' begins exactly one architecture: that is the suggestion, not the
+    # closest spelling (PE-Core-B-16).
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(media['image']), '--backbone', 'PE-Core-T', '--pretrained', 'none',
+              '--device', 'cpu', '--no-progress'])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "backbone 'PE-Core-T'" in err and '(did you mean PE-Core-T-16-384?)' in err
