@@ -160,12 +160,36 @@ def save_checkpoint(model, directory: Union[str, Path], training: Optional[dict]
     return directory
 
 
+# Where a checkpoint lies inside the folders people pass instead (a training run's
+# output_dir, its checkpoints/ folder), best first.
+_INNER_CHECKPOINTS = ('checkpoints/best', 'best', 'export', 'checkpoints/last', 'last')
+
+
+def _not_a_checkpoint(directory: Path) -> CheckpointError:
+    if not directory.exists():
+        return CheckpointError(f'checkpoint folder {directory} does not exist')
+    if not directory.is_dir():
+        return CheckpointError(f'{directory} is not a checkpoint: checkpoints are folders '
+                               f'(with {MANIFEST_FILE} and {WEIGHTS_FILE})')
+    inner = [directory / name for name in _INNER_CHECKPOINTS
+             if (directory / name / MANIFEST_FILE).is_file()]
+    hint = ''
+    if inner:
+        hint = (f'; it holds the checkpoint {inner[0]}: pass that folder'
+                + (f' (or {", ".join(str(p) for p in inner[1:])})' if inner[1:] else ''))
+    return CheckpointError(f'{directory} is not a checkpoint: {MANIFEST_FILE} is missing{hint}')
+
+
 def read_manifest(directory: Union[str, Path]) -> dict:
-    """Read and validate the manifest of checkpoint `directory`."""
+    """Read and validate the manifest of checkpoint `directory`.
+
+    A folder that is not a checkpoint but holds one (a training run's output_dir holds
+    checkpoints/best) is refused with the inner checkpoint's path in the message.
+    """
     directory = Path(directory)
     path = directory / MANIFEST_FILE
     if not path.is_file():
-        raise CheckpointError(f'{directory} is not a checkpoint: {MANIFEST_FILE} is missing')
+        raise _not_a_checkpoint(directory)
     try:
         with open(path, encoding='utf-8') as handle:
             manifest = json.load(handle)
@@ -234,8 +258,8 @@ def load_checkpoint(directory: Union[str, Path], backbone: Optional[str] = None,
                     cache_dir: Optional[str] = None):
     """Load checkpoint `directory` as a MultitaskModel on `device` (eval mode).
 
-    backbone: the backbone the caller expects; None takes the checkpoint's, another name
-    is an error naming both. pretrained: where the frozen backbone weights come from when
+    backbone: the backbone the caller expects; None (or '') takes the checkpoint's, another
+    name is an error naming both. pretrained: where the frozen backbone weights come from when
     the checkpoint does not store them; None or '' takes the source in the manifest. The
     weights must be the ones the checkpoint was trained on (fingerprint check).
     """
@@ -251,8 +275,9 @@ def load_checkpoint(directory: Union[str, Path], backbone: Optional[str] = None,
         raise CheckpointError(str(error)) from None
     if backbone and backbone != manifest['backbone']:
         raise CheckpointError(
-            f'checkpoint {directory} expects backbone {manifest["backbone"]}, config says '
-            f'{backbone}')
+            f'checkpoint {directory} was trained on backbone {manifest["backbone"]}, not on '
+            f'the requested {backbone}; request {manifest["backbone"]} or leave the backbone '
+            f"unset to use the checkpoint's")
     stored = bool(manifest['backbone_stored'])
     trained_from = manifest['pretrained']
     if stored:

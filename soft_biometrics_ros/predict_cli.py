@@ -6,7 +6,8 @@ on the GPU when there is one::
     soft_biometrics_predict photo.jpg                       # a table on the terminal
     soft_biometrics_predict photos/ --json > faces.jsonl    # one JSON object per image
     soft_biometrics_predict clip.mp4 --every-n-frames 5 --save-annotated out/
-    soft_biometrics_predict photos/ --checkpoint runs/lora/best --device cuda --precision bf16
+    soft_biometrics_predict photos/ --checkpoint runs/lora/checkpoints/best \
+        --device cuda --precision bf16
 
 Inputs are image files, folders (their images and videos, sorted by name) and video
 files. Unreadable files are reported on stderr and skipped; the exit status is non-zero
@@ -132,6 +133,24 @@ def pipeline_config(args: argparse.Namespace):
         device=args.device, precision=args.precision, detection_threshold=args.threshold,
         min_face_size=args.min_face_size, max_faces=args.max_faces,
         detection_scale=args.detection_scale, margin=args.margin, align=args.align)
+
+
+def check_checkpoint(args: argparse.Namespace) -> None:
+    """Raise ValueError when --checkpoint is no checkpoint or --backbone is not its backbone.
+
+    Reads the manifest only (no weights), so it runs before any input is read; the
+    messages name the options as given (a training run folder gets its
+    checkpoints/best suggested).
+    """
+    if not args.checkpoint:
+        return
+    from soft_biometrics_ros.checkpoint import read_manifest
+    trained_on = read_manifest(Path(args.checkpoint).expanduser())['backbone']
+    if args.backbone and args.backbone != trained_on:
+        raise ValueError(f'--backbone {args.backbone} is not the backbone of --checkpoint '
+                         f'{args.checkpoint}, which was trained on {trained_on}: leave '
+                         f"--backbone out (the checkpoint's is used) or pass --backbone "
+                         f'{trained_on}')
 
 
 def expand_inputs(paths: Sequence[str], summary: Summary) -> List[Path]:
@@ -364,6 +383,7 @@ def run(args: argparse.Namespace, out: Optional[IO[str]] = None, pipeline=None) 
     if files:
         if pipeline is None:
             pipeline_config(args)  # bad options fail before any file is read
+            check_checkpoint(args)
         predictor.run(files)
     return predictor.summary
 

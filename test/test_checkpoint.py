@@ -146,8 +146,8 @@ def edit_manifest(directory, change):
 
 def test_other_backbone_is_refused_naming_both(lora_checkpoint):
     directory, _ = lora_checkpoint
-    with pytest.raises(CheckpointError, match='expects backbone PE-Core-T-16-384, config says '
-                                              'PE-Core-B-16'):
+    with pytest.raises(CheckpointError, match='trained on backbone PE-Core-T-16-384, not on '
+                                              'the requested PE-Core-B-16'):
         build_classifier(checkpoint=str(directory), backbone='PE-Core-B-16', device='cpu')
 
 
@@ -283,3 +283,26 @@ def test_int8_is_one_way_and_says_so(base_model, tmp_path):
     assert classifier.set_precision('int8') == torch.qint8  # again: nothing changes
     with pytest.raises(ValueError, match='quantized to int8.*build the classifier again'):
         classifier.set_precision('fp32')
+
+
+def test_a_folder_holding_a_checkpoint_is_refused_with_its_path(lora_checkpoint, tmp_path):
+    # A training run's output_dir is what people pass: the error names checkpoints/best.
+    run = tmp_path / 'run'
+    (run / 'checkpoints').mkdir(parents=True)
+    copy_checkpoint(lora_checkpoint[0], run / 'checkpoints' / 'best')
+    copy_checkpoint(lora_checkpoint[0], run / 'checkpoints' / 'last')
+    (run / 'train_log.csv').write_text('step\n1\n')
+    with pytest.raises(CheckpointError) as error:
+        load_checkpoint(run)
+    message = str(error.value)
+    assert 'manifest.json is missing' in message
+    assert f'it holds the checkpoint {run / "checkpoints" / "best"}: pass that folder' in message
+    assert str(run / 'checkpoints' / 'last') in message
+    with pytest.raises(CheckpointError, match=f'checkpoint folder {tmp_path / "absent"} does '
+                                              'not exist'):
+        read_manifest(tmp_path / 'absent')
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    with pytest.raises(CheckpointError) as error:
+        read_manifest(empty)
+    assert str(error.value) == f'{empty} is not a checkpoint: manifest.json is missing'

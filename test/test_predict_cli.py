@@ -160,6 +160,26 @@ def test_checkpoint_of_another_backbone_is_a_clear_error(media, checkpoint_dir, 
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert 'PE-Core-S-16-384' in err and 'PE-Core-T-16-384' in err
+    # The message names the option the user gave, not a configuration they did not write.
+    assert '--backbone PE-Core-S-16-384 is not the backbone of --checkpoint' in err
+    assert "leave --backbone out (the checkpoint's is used)" in err
+    assert 'config says' not in err
+
+
+def test_a_training_run_folder_as_checkpoint_suggests_its_best_checkpoint(
+        media, checkpoint_dir, tmp_path, capsys):
+    import shutil
+    run = tmp_path / 'run'
+    shutil.copytree(checkpoint_dir, run / 'checkpoints' / 'best')
+    (run / 'train_log.csv').write_text('step\n1\n')
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(media['image']), '--checkpoint', str(run), '--device', 'cpu',
+              '--no-progress'])
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert f'it holds the checkpoint {run / "checkpoints" / "best"}: pass that folder' \
+        in captured.err
+    assert captured.out == ''  # refused before any input was processed
 
 
 def test_format_table_lists_each_face():
