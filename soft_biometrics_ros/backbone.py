@@ -25,6 +25,7 @@ import functools
 import hashlib
 import logging
 import os
+import re
 import socket
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -79,6 +80,26 @@ def check_backbone_name(name: str) -> str:
             f'backbone {name!r} is not a PE-Core architecture known to open_clip '
             f'{open_clip.__version__}{hint}; choose one of {", ".join(names)}')
     return name
+
+
+def backbone_from_weights_path(path: Union[str, Path]) -> Optional[str]:
+    """Return the PE-Core architecture a weights path names, or None when it names none.
+
+    The file name is read first (`PE-Core-L-14-336.safetensors`), then its folders from
+    the nearest up (the hub cache's `models--timm--PE-Core-B-16/snapshots/<hash>/...`).
+    A name matches whole, case-insensitive, `-` or `_` between its parts, not followed
+    by a further digit (`PE-Core-B-160` is not `PE-Core-B-16`).
+    """
+    patterns = []
+    for name in sorted(list_backbones(), key=len, reverse=True):
+        parts = r'[-_]'.join(re.escape(part) for part in name.split('-'))
+        patterns.append((name, re.compile(rf'(?<![A-Za-z0-9]){parts}(?![0-9])', re.I)))
+    path = Path(path).expanduser()
+    for part in (path.name, *(parent.name for parent in path.parents)):
+        for name, pattern in patterns:
+            if pattern.search(part):
+                return name
+    return None
 
 
 @dataclass(frozen=True)

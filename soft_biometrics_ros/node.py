@@ -56,7 +56,8 @@ from soft_biometrics_ros.diagnostics import FrameStats, diagnostic_array, diagno
 from soft_biometrics_ros.image_conversion import (ImageConversionError, bgr_to_imgmsg,
                                                   compressed_to_bgr, imgmsg_to_bgr)
 from soft_biometrics_ros.node_params import (PARAMETERS, SPECS, check_parameter,
-                                             check_parameters, resolve_model_source)
+                                             check_parameters, parameters_help,
+                                             resolve_model_source, unknown_parameter_problems)
 from soft_biometrics_ros.ros_messages import estimates_to_msg
 from soft_biometrics_ros.tracking import FaceTracker, TrackerConfig
 
@@ -188,6 +189,15 @@ class SoftBiometricsNode(LifecycleNode):
             # start; every value is checked by node_params with a clear message instead.
             self.declare_parameter(spec.name, spec.default, ParameterDescriptor(
                 description=spec.description, dynamic_typing=True))
+        # Parameters given at start (params file, -p, parameter_overrides) that the node
+        # does not have, e.g. misspelled ones: configure refuses to run with them.
+        self._unknown_parameters = unknown_parameter_problems(
+            name for name in getattr(self, '_parameter_overrides', {})
+            if not self.has_parameter(name) and not name.startswith('qos_overrides.'))
+        if self._unknown_parameters:
+            self.get_logger().error(
+                '; '.join(self._unknown_parameters) + ': configure will fail; fix the '
+                'parameter file or -p arguments and restart the node')
         self.stats = FrameStats()
         self._state = 'unconfigured'
         self._error = ''
@@ -291,13 +301,20 @@ class SoftBiometricsNode(LifecycleNode):
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Check the parameters, load and warm up the model, create the publishers."""
         values = self.parameter_values()
-        problems = check_parameters(values)
+        problems = self._unknown_parameters + check_parameters(values)
         if problems:
             return self._fail('configure failed, invalid parameters: ' + '; '.join(problems))
         for name in ('max_rate', 'publish_debug_image'):  # valid now; set at start or here
             self._apply_parameter(name, values[name])
-        checkpoint, backbone, pretrained = resolve_model_source(
-            values['checkpoint'], values['backbone'], values['pretrained'])
+        try:
+            checkpoint, backbone, pretrained, backbone_from = resolve_model_source(
+                values['checkpoint'], values['backbone'], values['pretrained'])
+        except ValueError as error:  # a weights file whose name names no architecture
+            return self._fail(f'configure failed: {error}')
+        if backbone_from == 'weights path':
+            self.get_logger().info(
+                f'backbone {backbone}: named in the weights path {pretrained} (backbone is '
+                'empty); set backbone to override')
         source = (f'checkpoint {checkpoint}' if checkpoint else
                   f'zero-shot {backbone} (pretrained={pretrained})')
         self.get_logger().info(f'configuring: loading {source} on {values["device"]}')
@@ -537,13 +554,48 @@ class SoftBiometricsNode(LifecycleNode):
         self._release()
 
 
+USAGE = """usage: soft_biometrics_node [-h] [--ros-args ...]
+
+The soft_biometrics lifecycle node: sensor_msgs/Image on `image` (or CompressedImage on
+`image/compressed` with compressed:=true) in; age group, gender and emotion per face on
+~/faces (soft_biometrics_msgs/FaceAttributesArray), ~/debug_image and /diagnostics out.
+
+  soft_biometrics_node --ros-args --params-file config/node.yaml \\
+      -r image:=/camera/image_raw -p device:=cuda -p checkpoint:=DIR
+
+options:
+  -h, --help  show this help (the parameters below) and exit
+  --ros-args  ROS arguments: -p NAME:=VALUE, --params-file FILE, -r FROM:=TO, ...
+              (an unknown parameter name makes configure fail)
+
+parameters:
+"""
+
+
+def help_text() -> str:
+    """Return the node's --help: usage, then every parameter with default and description."""
+    return USAGE + parameters_help()
+
+
+def wants_help(argv) -> bool:
+    """Return True when the node's own arguments (before --ros-args) ask for -h/--help."""
+    own = list(argv[1:])
+    if '--ros-args' in own:
+        own = own[:own.index('--ros-args')]
+    return any(arg in ('-h', '--help') for arg in own)
+
+
 def main(args=None) -> int:
     """Entry point of `soft_biometrics_node` and `python -m soft_biometrics_ros.node`."""
+    argv = args if args is not None else sys.argv
+    if wants_help(argv):
+        print(help_text())
+        return 0
     # Library warnings (e.g. UNTRAINED weights) always show; INFO only from this package.
     logging.basicConfig(level=logging.WARNING, format='[%(levelname)s] [%(name)s]: %(message)s')
     logging.getLogger('soft_biometrics_ros').setLevel(logging.INFO)
     profile = use_large_frames_profile()
-    rclpy.init(args=args if args is not None else sys.argv)
+    rclpy.init(args=argv)
     node = SoftBiometricsNode()
     if profile:
         node.get_logger().info(f'Fast DDS profile for large frames: {profile}')

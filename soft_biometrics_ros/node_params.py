@@ -12,10 +12,11 @@ Plain Python (no ROS), so the table and its checks are testable anywhere.
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
 # Zero-shot defaults when neither a checkpoint nor `backbone` / `pretrained` say more.
 ZERO_SHOT_BACKBONE = 'PE-Core-B-16'
@@ -199,15 +200,75 @@ def check_parameters(values: Mapping[str, Any]) -> List[str]:
     return [p for p in (check_parameter(n, v) for n, v in values.items()) if p]
 
 
-def resolve_model_source(checkpoint: str, backbone: str, pretrained: str
-                         ) -> Tuple[Optional[str], Optional[str], Optional[str]]:
-    """Return (checkpoint, backbone, pretrained) for build_classifier from the parameters.
+def unknown_parameter_problems(names) -> List[str]:
+    """Return a message per name in `names` that is not a node parameter (misspellings).
 
-    Empty backbone/pretrained take the checkpoint's (None) or the zero-shot defaults.
+    Each names the unknown parameter and the closest known one (difflib), else lists
+    the parameters.
+    """
+    problems = []
+    for name in names:
+        if name in SPECS:
+            continue
+        close = difflib.get_close_matches(name, SPECS, n=1, cutoff=0.5)
+        hint = (f'did you mean {close[0]!r}?' if close else
+                f'parameters are {", ".join(SPECS)}')
+        problems.append(f'unknown parameter {name!r} ({hint})')
+    return problems
+
+
+def parameters_help(width: int = 88) -> str:
+    """Return every parameter with its default, description and when a change applies."""
+    import textwrap
+
+    when = {'live': 'a change applies at once', 'activate': 'applies at the next activate',
+            'configure': 'applies at the next configure', 'start': 'read at node start'}
+    lines = []
+    for spec in PARAMETERS:
+        default = spec.default
+        if isinstance(default, bool):
+            default = str(default).lower()  # as in YAML and -p name:=value
+        elif default == '':
+            default = '""'
+        lines.append(f'  {spec.name} (default: {default}; {when[spec.applies]})')
+        lines += textwrap.wrap(spec.description, width, initial_indent=' ' * 6,
+                               subsequent_indent=' ' * 6, break_on_hyphens=False)
+    return '\n'.join(lines)
+
+
+class ModelSource(NamedTuple):
+    """What build_classifier gets from the parameters, and where the backbone came from."""
+
+    checkpoint: Optional[str]
+    backbone: Optional[str]
+    pretrained: Optional[str]
+    backbone_from: str  # 'parameter', 'checkpoint', 'weights path' or 'default'
+
+
+def resolve_model_source(checkpoint: str, backbone: str, pretrained: str) -> ModelSource:
+    """Return the ModelSource for build_classifier from the node's model parameters.
+
+    With a checkpoint, empty backbone/pretrained take the checkpoint's (None). Zero-shot,
+    an empty backbone is the one a local weights file's name (or folder) names, e.g.
+    `PE-Core-L-14-336.safetensors`; ValueError when it names none (set `backbone`).
+    Otherwise the zero-shot defaults (PE-Core-B-16, meta).
     """
     if checkpoint:
-        return checkpoint, backbone or None, pretrained or None
-    return None, backbone or ZERO_SHOT_BACKBONE, pretrained or ZERO_SHOT_PRETRAINED
+        return ModelSource(checkpoint, backbone or None, pretrained or None,
+                           'parameter' if backbone else 'checkpoint')
+    if backbone:
+        return ModelSource(None, backbone, pretrained or ZERO_SHOT_PRETRAINED, 'parameter')
+    if pretrained in ('', ZERO_SHOT_PRETRAINED, 'none'):
+        return ModelSource(None, ZERO_SHOT_BACKBONE, pretrained or ZERO_SHOT_PRETRAINED,
+                           'default')
+    from soft_biometrics_ros.backbone import backbone_from_weights_path, list_backbones
+    guessed = backbone_from_weights_path(pretrained)
+    if guessed is None:
+        raise ValueError(
+            f'cannot tell which PE-Core architecture the weights file {pretrained} holds: '
+            f'neither its name nor its folders name one of {", ".join(list_backbones())}; '
+            f'set the backbone parameter (e.g. backbone:={ZERO_SHOT_BACKBONE})')
+    return ModelSource(None, guessed, pretrained, 'weights path')
 
 
 def yaml_parameters(path) -> Dict[str, Any]:
