@@ -60,33 +60,39 @@ def banner(lines: List[str], char: str = '!') -> str:
     return '\n'.join([rule, *body, rule])
 
 
-def guess_backbone(path: str) -> Optional[str]:
-    """Return the PE-Core architecture named in a weights file name, if any."""
-    from soft_biometrics_ros.backbone import list_backbones
-    name = Path(path).name
-    for backbone in sorted(list_backbones(), key=len, reverse=True):
-        if backbone.lower() in name.lower():
-            return backbone
-    return None
-
-
 def choose_model(args) -> ModelChoice:
-    """Decide checkpoint / backbone / weights: real ones when they can be had."""
-    checkpoint = args.checkpoint or os.environ.get('SOFT_BIOMETRICS_CHECKPOINT', '')
+    """Decide checkpoint / backbone / weights: real ones when they can be had.
+
+    A checkpoint directory or weights file that does not exist stops the demo here
+    (SystemExit naming it), before any node is started.
+    """
+    checkpoint = args.checkpoint
+    origin = '--checkpoint'
+    if not checkpoint:
+        checkpoint = os.environ.get('SOFT_BIOMETRICS_CHECKPOINT', '')
+        origin = '$SOFT_BIOMETRICS_CHECKPOINT'
     if checkpoint:
+        if not Path(checkpoint).expanduser().is_dir():
+            raise SystemExit(f'checkpoint directory {checkpoint} ({origin}) does not exist')
         return ModelChoice(checkpoint, args.backbone or '', args.pretrained or '', False,
                            f'trained checkpoint {checkpoint}')
-    weights = args.pretrained or os.environ.get('SOFT_BIOMETRICS_WEIGHTS', '')
+    weights = args.pretrained
+    origin = '--pretrained'
+    if not weights:
+        weights = os.environ.get('SOFT_BIOMETRICS_WEIGHTS', '')
+        origin = '$SOFT_BIOMETRICS_WEIGHTS'
     if weights == 'none':
         backbone = args.backbone or FALLBACK_BACKBONE
         return ModelChoice('', backbone, 'none', True, 'random weights (asked for)')
     if weights and weights != 'meta':
-        backbone = args.backbone or guess_backbone(weights)
-        if backbone is None:
-            raise SystemExit(f'cannot tell which PE-Core architecture {weights} holds; '
-                             'pass --backbone (e.g. --backbone PE-Core-B-16)')
+        from soft_biometrics_ros.backbone import backbone_from_weights_path
         if not Path(weights).expanduser().is_file():
-            raise SystemExit(f'weights file {weights} does not exist')
+            raise SystemExit(f'weights file {weights} ({origin}) does not exist')
+        # The node makes the same guess from the file name when backbone is empty.
+        backbone = args.backbone or backbone_from_weights_path(weights)
+        if backbone is None:
+            raise SystemExit(f'cannot tell which PE-Core architecture {weights} holds from '
+                             'its name; pass --backbone (e.g. --backbone PE-Core-B-16)')
         return ModelChoice('', backbone, str(Path(weights).expanduser()), False,
                            f'PE-Core weights from {weights}')
     from soft_biometrics_ros.backbone import resolve_weights
@@ -165,6 +171,15 @@ class DemoClient:
             if status.name.startswith('soft_biometrics'):
                 self.diagnostics = status
 
+    def configure_error(self) -> Optional[str]:
+        """Return the node's error once its /diagnostics say configure failed, else None."""
+        from diagnostic_msgs.msg import DiagnosticStatus
+        status = self.diagnostics
+        if status is None or status.level != DiagnosticStatus.ERROR:
+            return None
+        state = {kv.key: kv.value for kv in status.values}.get('state')
+        return status.message if state == 'unconfigured' else None
+
     def subscribed(self) -> bool:
         """Return True once the node's image subscription is matched (it is active)."""
         return self.publisher.get_subscription_count() > 0
@@ -177,8 +192,14 @@ class DemoClient:
         self.thread.join(5)
 
 
-def wait_for_node(client: DemoClient, process: subprocess.Popen, timeout: float) -> bool:
-    """Wait (with a progress bar) until the node subscribes; False if it died or timed out."""
+def wait_for_node(client: DemoClient, process: subprocess.Popen, timeout: float
+                  ) -> Optional[str]:
+    """Wait (with a progress bar) until the node subscribes; return None then.
+
+    Otherwise return why not, as soon as it is known: the node exited, its configure
+    failed (it stays up, unconfigured, so waiting longer would not help), or the
+    timeout passed.
+    """
     from tqdm import tqdm
     started = time.monotonic()
     with tqdm(total=int(timeout), desc='loading and warming up the model', unit='s',
@@ -186,14 +207,17 @@ def wait_for_node(client: DemoClient, process: subprocess.Popen, timeout: float)
               disable=None, mininterval=1.0) as bar:
         while time.monotonic() - started < timeout:
             if process.poll() is not None:
-                return False
+                return f'the node exited (code {process.returncode}) before it came up'
             if client.subscribed():
-                return True
+                return None
+            error = client.configure_error()
+            if error is not None:
+                return f'the node failed to configure: {error}'
             time.sleep(0.25)
             elapsed = int(time.monotonic() - started)
             if elapsed > bar.n:
                 bar.update(elapsed - bar.n)
-    return False
+    return f'the node did not come up within {timeout:.0f} s'
 
 
 def stop_node(process: subprocess.Popen) -> int:
@@ -288,9 +312,10 @@ def run_frames(client, process, choice, args, output, log_path) -> int:
 
     started = time.monotonic()
     print('waiting for the node to load and warm up its model ...', flush=True)
-    if not wait_for_node(client, process, args.timeout):
+    failure = wait_for_node(client, process, args.timeout)
+    if failure is not None:
         tail = log_path.read_text()[-2500:]
-        print(f'the node did not come up within {args.timeout:.0f} s. Its log:\n{tail}')
+        print(f'{failure}\nIts log ({log_path}):\n{tail}', flush=True)
         return 1
     print(f'node active after {time.monotonic() - started:.1f} s; publishing '
           f'{args.frames} sample frames\n', flush=True)

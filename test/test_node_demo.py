@@ -1,7 +1,8 @@
-"""The demo's model choice, node command line and table, without starting a node.
+"""The demo: model choice, node command line, table, and giving up on a failed node.
 
 The end-to-end demo (`make demo`) starts the real node; here the parts that decide
-what it runs and how it prints are checked on their own.
+what it runs and how it prints are checked on their own, and one real node whose
+configure fails checks that the demo reports it at once (not after --timeout).
 """
 
 import pytest
@@ -88,3 +89,51 @@ def test_table_rows_sorted_by_face_id():
     assert rows[0].split()[0] == 'fxyz0001' and rows[1].split()[0] == 'fxyz0002'
     assert '20-29' in rows[0] and 'male' in rows[0] and 'happy' in rows[0]
     assert len(demo.TABLE_HEADER.split()) >= 6
+
+
+def test_missing_checkpoint_or_weights_stop_before_any_node(monkeypatch, tmp_path, capsys):
+    monkeypatch.delenv('SOFT_BIOMETRICS_WEIGHTS', raising=False)
+    monkeypatch.delenv('SOFT_BIOMETRICS_CHECKPOINT', raising=False)
+    output = tmp_path / 'out'
+    with pytest.raises(SystemExit, match=r'checkpoint directory /no/such/ckpt \(--checkpoint\) '
+                                         'does not exist'):
+        demo.main(['--checkpoint', '/no/such/ckpt', '--output', str(output)])
+    assert not (output / 'node.log').exists()  # no node was started
+    monkeypatch.setenv('SOFT_BIOMETRICS_CHECKPOINT', str(tmp_path / 'gone'))
+    with pytest.raises(SystemExit, match=r'\$SOFT_BIOMETRICS_CHECKPOINT\) does not exist'):
+        demo.choose_model(args())
+    monkeypatch.delenv('SOFT_BIOMETRICS_CHECKPOINT')
+    # A name that names no architecture: the missing file is the message, not --backbone.
+    with pytest.raises(SystemExit, match=r'weights file /no/such/weights.safetensors '
+                                         r'\(--pretrained\) does not exist'):
+        demo.choose_model(args('--pretrained', '/no/such/weights.safetensors'))
+    monkeypatch.setenv('SOFT_BIOMETRICS_WEIGHTS', '/no/such/PE-Core-B-16.safetensors')
+    with pytest.raises(SystemExit, match=r'\$SOFT_BIOMETRICS_WEIGHTS\) does not exist'):
+        demo.choose_model(args())
+
+
+def test_demo_stops_waiting_when_the_node_fails_to_configure(monkeypatch, tmp_path, capsys):
+    """A checkpoint that exists but cannot be loaded: the real node fails configure.
+
+    The node stays up, unconfigured; the demo must report its error at once instead of
+    waiting out --timeout (600 s here: without the fix the test sits there that long and
+    then fails on the message).
+    """
+    monkeypatch.delenv('SOFT_BIOMETRICS_WEIGHTS', raising=False)
+    monkeypatch.delenv('SOFT_BIOMETRICS_CHECKPOINT', raising=False)
+    broken = tmp_path / 'broken_checkpoint'
+    broken.mkdir()
+    (broken / 'manifest.json').write_text('{"format": "something else"}')
+    (broken / 'weights.safetensors').write_bytes(b'\x00not safetensors' * 10)
+    output = tmp_path / 'out'
+    code = demo.main(['--checkpoint', str(broken), '--device', 'cpu', '--frames', '1',
+                      '--timeout', '600', '--output', str(output)])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert f'the node failed to configure: configure failed: could not load checkpoint ' \
+           f'{broken}' in out, out
+    assert 'did not come up within' not in out
+    assert 'node exited with code' not in out  # stopped cleanly by the demo
+    log = (output / 'node.log').read_text()
+    assert 'configure failed: could not load checkpoint' in log
+    assert f'Its log ({output / "node.log"})' in out
