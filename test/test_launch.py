@@ -12,6 +12,8 @@ import os
 import py_compile
 import re
 
+import pytest
+
 from conftest import REPO_ROOT
 
 LAUNCH_FILE = REPO_ROOT / 'launch' / 'soft_biometrics.launch.py'
@@ -32,8 +34,9 @@ def test_compiles(tmp_path):
 def test_module_level_import_needs_no_launch():
     module = load_module()
     assert callable(module.generate_launch_description)
-    assert set(module.LAUNCH_ARGUMENTS) == {'image', 'device', 'checkpoint', 'namespace',
-                                            'autostart', 'params_file'}
+    assert set(module.LAUNCH_ARGUMENTS) == {'image', 'device', 'checkpoint', 'backbone',
+                                            'pretrained', 'namespace', 'autostart',
+                                            'params_file'}
     params_file = module.default_params_file()
     assert params_file.endswith('node.yaml')
     assert os.path.isfile(params_file), params_file  # installed, or the checkout's
@@ -59,14 +62,44 @@ def test_node_action_matches_the_package():
     executable = ast.literal_eval(keywords['executable'])
     setup_py = (REPO_ROOT / 'setup.py').read_text()
     assert re.search(rf"'{executable} = soft_biometrics_ros\.node:main'", setup_py)
-    # every launch argument is used through LaunchConfiguration
+    # every launch argument is used: through LaunchConfiguration, or as a node parameter
+    module = load_module()
     used = {ast.literal_eval(n.args[0]) for n in ast.walk(tree) if isinstance(n, ast.Call)
             and getattr(n.func, 'id', None) == 'LaunchConfiguration'}
-    assert used == set(load_module().LAUNCH_ARGUMENTS)
-    # the parameters it overrides are node parameters
+    assert used | set(module.PARAMETER_ARGUMENTS) == set(module.LAUNCH_ARGUMENTS)
+    assert not used & set(module.PARAMETER_ARGUMENTS)
+    # the parameters after params_file are the overrides parameter_overrides returns
+    parameters = keywords['parameters']
+    assert isinstance(parameters, ast.List) and len(parameters.elts) == 2
+    assert ast.literal_eval(parameters.elts[0].args[0]) == 'params_file'
+    overrides = parameters.elts[1]
+    assert isinstance(overrides, ast.DictComp)
+    assert ast.unparse(overrides.generators[0].iter) == 'overrides.items()'
+
+
+def test_parameter_arguments_are_node_parameters_of_their_type():
     from soft_biometrics_ros.node_params import SPECS
-    overrides = [n for n in ast.walk(keywords['parameters']) if isinstance(n, ast.Dict)]
-    assert overrides and all(ast.literal_eval(k) in SPECS for k in overrides[0].keys)
+    module = load_module()
+    assert {'device', 'checkpoint', 'backbone', 'pretrained', 'autostart'} == \
+        set(module.PARAMETER_ARGUMENTS)
+    for name, kind in module.PARAMETER_ARGUMENTS.items():
+        assert type(SPECS[name].default) is kind, name
+        assert module.LAUNCH_ARGUMENTS[name][0] == '', name  # empty: params_file's value
+
+
+def test_empty_parameter_arguments_keep_the_params_file_values():
+    overrides = load_module().parameter_overrides
+    # The defaults set nothing, so a params_file with e.g. `pretrained: /path` is kept.
+    defaults = {name: default for name, (default, _) in load_module().LAUNCH_ARGUMENTS.items()}
+    assert overrides(defaults) == {}
+    assert overrides({'pretrained': '/models/PE-Core-L-14-336.safetensors', 'backbone': '',
+                      'checkpoint': '2024', 'device': 'cpu', 'autostart': 'False'}) == {
+        'pretrained': '/models/PE-Core-L-14-336.safetensors', 'checkpoint': '2024',
+        'device': 'cpu', 'autostart': False}
+    assert overrides({'backbone': 'PE-Core-L-14-336', 'autostart': 'true'}) == {
+        'backbone': 'PE-Core-L-14-336', 'autostart': True}
+    with pytest.raises(ValueError, match='autostart:=yes must be true or false'):
+        overrides({'autostart': 'yes'})
 
 
 def test_installed_with_the_package():
