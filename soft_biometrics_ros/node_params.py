@@ -112,8 +112,9 @@ PARAMETERS: Tuple[ParameterSpec, ...] = (
                   _check_checkpoint, 'configure'),
     ParameterSpec('backbone', '',
                   'open_clip PE-Core architecture, e.g. PE-Core-T-16-384, PE-Core-B-16, '
-                  f'PE-Core-L-14-336; empty = the checkpoint\'s, or {ZERO_SHOT_BACKBONE} '
-                  'for zero-shot.',
+                  'PE-Core-L-14-336; empty = the checkpoint\'s; zero-shot, the one a local '
+                  "pretrained file's name names (PE-Core-L-14-336.safetensors), else "
+                  f'{ZERO_SHOT_BACKBONE}.',
                   _check_backbone, 'configure'),
     ParameterSpec('pretrained', '',
                   "Backbone weights: 'meta' (open_clip hub tag), a local weights file, or "
