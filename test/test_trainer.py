@@ -21,6 +21,7 @@ from soft_biometrics_ros.adapters import trainable_parameters
 from soft_biometrics_ros.classifier import build_classifier
 from soft_biometrics_ros.model import build_multitask_model
 from training import trainer as trainer_module
+from training.config import ConfigError
 from training.losses import LossConfig, MultitaskLoss
 
 # PE-Core-T-16-384 (timm vit_pe_core_tiny_patch16_384): width, depth, MLP width, embedding.
@@ -294,9 +295,21 @@ def test_killed_and_terminated_runs_resume_to_the_same_weights(base, tmp_path, u
 def test_resume_refuses_a_different_method(base, tmp_path):
     tiny_data(base)
     trainer_module.run(tiny_config(base, tmp_path, 'linear_probe', ['train.max_steps=1']))
-    with pytest.raises(ValueError, match="method 'linear_probe'"):
+    # Its own type (a ConfigError): the command line prints it as one error line.
+    with pytest.raises(trainer_module.ResumeError, match="method 'linear_probe'"):
         trainer_module.Trainer(tiny_config(base, tmp_path, 'lora', ['train.max_steps=2']),
                                progress_bar=False).fit()
+
+
+def test_missing_data_roots_fail_before_the_model_is_built(base, tmp_path):
+    # The weights file does not exist either: building the model first would fail on it.
+    cfg = tiny_config(base, tmp_path, 'lora', [
+        f'data.fairface.root={tmp_path / "no_fairface"}',
+        f'model.pretrained={tmp_path / "absent.safetensors"}'])
+    with pytest.raises(ConfigError, match=f'data.fairface.root: folder {tmp_path}/no_fairface '
+                                          'does not exist'):
+        trainer_module.Trainer(cfg, progress_bar=False)
+    assert not tmp_path.joinpath('checkpoints').exists()
 
 
 def test_gradnorm_and_dwa_train_end_to_end(base, tmp_path):
@@ -312,7 +325,7 @@ def test_gradnorm_and_dwa_train_end_to_end(base, tmp_path):
         assert all(sum(w) == pytest.approx(3.0, rel=1e-4) for w in weights)
         # GradNorm moves its weights every step, DWA from the third epoch on.
         assert len({tuple(np.round(w, 6)) for w in weights}) > 1, strategy
-    with pytest.raises(ValueError, match='linear_probe trains none'):
+    with pytest.raises(ConfigError, match='linear_probe trains none'):
         trainer_module.Trainer(tiny_config(base, tmp_path / 'x', 'linear_probe',
                                            ['loss.strategy=gradnorm']), progress_bar=False)
 

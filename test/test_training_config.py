@@ -6,8 +6,8 @@ import textwrap
 import pytest
 
 from training import cli
-from training.config import (OPTIONS, ConfigError, check_method, load_config, make_config,
-                             parse_overrides)
+from training.config import (OPTIONS, ConfigError, check_data_roots, check_method, load_config,
+                             make_config, parse_overrides, suggest_name)
 
 from conftest import REPO_ROOT
 
@@ -65,6 +65,9 @@ def test_overrides_are_yaml_scalars_and_reach_into_free_mappings():
     ('loss.weights.age=-1', 'loss.weights.age must be a number >= 0'),
     ('train.device=gpu', 'train.device must be cpu, cuda, cuda:N or mps'),
     ('model.backbone=PE-Core-X-99', 'model.backbone must name an open_clip model'),
+    # A prefix of exactly one name suggests that name (not the closest spelling, B-16).
+    ('model.backbone=PE-Core-T', "got 'PE-Core-T' (did you mean PE-Core-T-16-384?)"),
+    ('model.backbone=pe-core-l-14', "(did you mean PE-Core-L-14-336?)"),
     ('data.emotion_fraction=1.5', 'data.emotion_fraction must be a number in [0, 1)'),
     ('train.lr=fast', "train.lr must be a number > 0, got 'fast'"),
     ('data.verify_images=maybe', 'data.verify_images must be true or false'),
@@ -96,6 +99,46 @@ def test_bad_yaml_files_are_rejected_naming_the_key(tmp_path):
         assert message in str(error.value), (text, str(error.value))
     with pytest.raises(ConfigError, match='does not exist'):
         load_config(tmp_path / 'absent.yaml')
+
+
+def test_suggest_name_prefers_a_unique_prefix_then_spelling():
+    names = ['PE-Core-B-16', 'PE-Core-L-14-336', 'PE-Core-S-16-384', 'PE-Core-T-16-384',
+             'PE-Core-bigG-14-448']
+    assert suggest_name('PE-Core-T', names) == 'PE-Core-T-16-384'
+    assert suggest_name('PE-Core-bigg', names) == 'PE-Core-bigG-14-448'
+    assert suggest_name('pe-core-b-16', names) == 'PE-Core-B-16'  # case only
+    assert suggest_name('PE-Core-B', names) == 'PE-Core-B-16'  # case-sensitive prefix first
+    assert suggest_name('PE-Core', names) is None  # begins every name: no single guess
+    assert suggest_name('PE-Core-S-16-385', names) == 'PE-Core-S-16-384'  # spelling
+    assert suggest_name('', names) is None
+
+
+def test_data_roots_are_checked_naming_the_absolute_path_and_the_way_out(tmp_path,
+                                                                         monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / 'fairface').mkdir()
+    (tmp_path / 'lagenda.txt').write_text('a file, not a folder')
+    cfg = load_config(TINY, ['data.rafdb.root=datasets/RAF-DB/basic',
+                             'data.fairface.root=fairface', 'data.lagenda.root=lagenda.txt'])
+    with pytest.raises(ConfigError) as error:
+        check_data_roots(cfg)
+    message = str(error.value)
+    assert message.startswith(f'data.rafdb.root: folder {tmp_path}/datasets/RAF-DB/basic does '
+                              f'not exist; data.lagenda.root: folder {tmp_path}/lagenda.txt '
+                              'is not a folder (relative roots are read from the current '
+                              f'folder {tmp_path}).')
+    assert 'fairface' not in message  # an existing folder is fine
+    assert f'(in {TINY} or on the command line, e.g. data.rafdb.root=/data/RAF-DB/basic)' \
+        in message
+    assert message.endswith('or leave a data set out with data.rafdb.root=null')
+    # Left out with null: the rest is checked and named.
+    assert check_data_roots(cfg.updated(['data.rafdb.root=null', 'data.lagenda.root=null'])) \
+        == ['fairface']
+    assert check_data_roots(cfg.updated(['data.rafdb.root=null', 'data.lagenda.root=' + str(
+        tmp_path / 'fairface')])) == ['fairface', 'lagenda']
+    with pytest.raises(ConfigError, match='no data set configured: set at least one of '
+                                          'data.rafdb.root'):
+        check_data_roots(load_config(TINY))
 
 
 def test_updated_returns_a_validated_copy():
@@ -164,8 +207,10 @@ def test_cli_dispatches_lazily_with_checkpoint_and_output(tmp_path, monkeypatch,
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setitem(cli.COMMANDS, 'export', cli.Command(
         'dispatch_probe', 'run', 'probe', needs_checkpoint=True, takes_output=True))
-    checkpoint = tmp_path / 'ckpt'
-    checkpoint.mkdir()
+    from soft_biometrics_ros.checkpoint import save_checkpoint
+    from soft_biometrics_ros.model import build_multitask_model
+    checkpoint = save_checkpoint(build_multitask_model('PE-Core-T-16-384', 'none'),
+                                 tmp_path / 'ckpt')
     status = cli.main(['export', '--config', str(TINY), '--checkpoint', str(checkpoint),
                        f'output_dir={tmp_path}', 'train.batch_size=3'])
     assert status == 0

@@ -33,7 +33,8 @@ import yaml
 from soft_biometrics_ros.labels import TASKS
 
 __all__ = ['ConfigError', 'Config', 'Option', 'OPTIONS', 'METHOD_NAMES', 'DATASET_NAMES',
-           'load_config', 'make_config', 'parse_overrides', 'default_config', 'check_method']
+           'load_config', 'make_config', 'parse_overrides', 'default_config',
+           'check_method', 'check_data_roots', 'suggest_name']
 
 
 class ConfigError(ValueError):
@@ -46,6 +47,10 @@ METHOD_NAMES: Tuple[str, ...] = (
     'linear_probe', 'partial', 'lora', 'dora', 'loraplus', 'mtlora')
 # The data sets with a reader in training.datasets; a data set without a root is not used.
 DATASET_NAMES: Tuple[str, ...] = ('rafdb', 'fairface', 'lagenda', 'celeba_hq')
+# The folder each data set unpacks to, for the examples of error messages.
+_EXAMPLE_ROOTS: Dict[str, str] = {
+    'rafdb': '/data/RAF-DB/basic', 'fairface': '/data/FairFace', 'lagenda': '/data/LAGENDA',
+    'celeba_hq': '/data/CelebAMask-HQ'}
 LOSS_STRATEGIES: Tuple[str, ...] = ('fixed', 'uncertainty', 'dwa', 'gradnorm')
 PRECISIONS: Tuple[str, ...] = ('fp32', 'bf16', 'fp16')
 
@@ -412,9 +417,27 @@ if len(OPTION_BY_PATH) != len(OPTIONS) or SECTIONS & set(OPTION_BY_PATH):  # pra
     raise RuntimeError('training.config.OPTIONS has a duplicate key or a key that is a section')
 
 
+def suggest_name(name: str, candidates: Iterable[str]) -> Optional[str]:
+    """Return the candidate `name` most likely means, or None.
+
+    A candidate equal to `name` but for case, then the only candidate that `name` is a
+    prefix of (``PE-Core-T`` -> ``PE-Core-T-16-384``; case-sensitive first, then not;
+    None when `name` begins several), then the closest by string similarity.
+    """
+    candidates = list(candidates)
+    folded = name.casefold()
+    for matches in ([c for c in candidates if c.casefold() == folded],
+                    [c for c in candidates if name and c.startswith(name)],
+                    [c for c in candidates if name and c.casefold().startswith(folded)]):
+        if matches:
+            return matches[0] if len(matches) == 1 else None
+    matches = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
 def _did_you_mean(name: str, candidates: Iterable[str]) -> str:
-    matches = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
-    return f' (did you mean {matches[0]}?)' if matches else ''
+    match = suggest_name(name, candidates)
+    return f' (did you mean {match}?)' if match else ''
 
 
 def _unknown_key(path: str) -> ConfigError:
@@ -654,6 +677,40 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
         raise ConfigError(f'config file {path} must hold a mapping of sections, '
                           f'got {type(data).__name__}')
     return make_config(data, overrides, source=str(path))
+
+
+def check_data_roots(cfg: Config) -> List[str]:
+    """Check that at least one data set is configured and every configured root exists.
+
+    Cheap (no files are read), so commands call it before they build a model or
+    download weights. Returns the configured data set names; raises ConfigError naming
+    each bad ``data.<name>.root`` with the absolute path it looked at and how to point
+    it elsewhere or leave the data set out.
+    """
+    names = [name for name in DATASET_NAMES if cfg.data[name].root]
+    if not names:
+        raise ConfigError('no data set configured: set at least one of '
+                          + ', '.join(f'data.{n}.root' for n in DATASET_NAMES)
+                          + ' (e.g. data.rafdb.root=/data/RAF-DB/basic)')
+    problems, bad, relative = [], [], False
+    for name in names:
+        root = Path(cfg.data[name].root).expanduser()
+        if root.is_dir():
+            continue
+        what = 'is not a folder' if root.exists() else 'does not exist'
+        problems.append(f'data.{name}.root: folder {root.absolute()} {what}')
+        bad.append(name)
+        relative = relative or not root.is_absolute()
+    if not problems:
+        return names
+    text = '; '.join(problems)
+    if relative:
+        text += f' (relative roots are read from the current folder {Path.cwd()})'
+    raise ConfigError(
+        f'{text}. Point each at the folder its data set unpacks to (in '
+        f'{cfg.source or "the config"} or on the command line, e.g. '
+        f'data.{bad[0]}.root={_EXAMPLE_ROOTS[bad[0]]}), or leave a data set out with '
+        f'data.{bad[0]}.root=null')
 
 
 def check_method(cfg: Config) -> None:

@@ -59,6 +59,7 @@ from tqdm import tqdm
 
 from soft_biometrics_ros import labels
 from soft_biometrics_ros.device import resolve_device, resolve_precision
+from training.config import ConfigError, check_data_roots
 from training.distributed import DistributedContext, unwrap
 from training.losses import LossConfig, MultitaskLoss
 
@@ -68,6 +69,10 @@ STATE_JSON = 'training_state.json'
 STATE_TENSORS = 'training_state.pt'
 RNG_FILE = 'rng_rank{rank}.pt'
 STATE_FORMAT = 1
+
+
+class ResumeError(ConfigError):
+    """output_dir's last checkpoint cannot be resumed with these settings (says what to do)."""
 
 
 # --------------------------------------------------------------------------- small parts
@@ -253,6 +258,7 @@ class Trainer:
 
     def __init__(self, cfg, context: Optional[DistributedContext] = None,
                  progress_bar: bool = True):
+        check_data_roots(cfg)  # fail before building the model (which may download weights)
         self.cfg = cfg
         requested = resolve_device(cfg.train.device)
         self.ctx = context or DistributedContext.from_environment(requested)
@@ -282,9 +288,9 @@ class Trainer:
         self.gradnorm_parameters = (shared_parameters(self.model)
                                     if self.criterion.balancer.needs_shared_parameters else None)
         if self.gradnorm_parameters is not None and not self.gradnorm_parameters:
-            raise ValueError(f'loss.strategy gradnorm needs trainable parameters shared by '
-                             f'all tasks; method {cfg.method.name} trains none: use fixed, '
-                             'uncertainty or dwa')
+            raise ConfigError(f'loss.strategy gradnorm needs trainable parameters shared by '
+                              f'all tasks; method {cfg.method.name} trains none: use fixed, '
+                              'uncertainty or dwa')
         self.writer = None
         self.train_log: Optional[CsvLog] = None
         self.val_log: Optional[CsvLog] = None
@@ -446,8 +452,9 @@ class Trainer:
         """Restore model, optimizer, scheduler, balancer, scaler, counters and RNG."""
         info = json.loads((directory / STATE_JSON).read_text())
         if info.get('format') != STATE_FORMAT:
-            raise ValueError(f'{directory}: training state format {info.get("format")} is not '
-                             f'{STATE_FORMAT}; start a new output_dir')
+            raise ResumeError(f'{directory}: training state format {info.get("format")} is '
+                              f'not {STATE_FORMAT}; start a new output_dir or set '
+                              'train.resume=false')
         mismatches = [
             f'{key} {info[key]!r} (config: {ours!r})' for key, ours in (
                 ('method', self.cfg.method.name), ('backbone', self.cfg.model.backbone),
@@ -456,7 +463,7 @@ class Trainer:
                 ('loss_strategy', self.criterion.config.strategy))
             if info.get(key) != ours]
         if mismatches:
-            raise ValueError(
+            raise ResumeError(
                 f'cannot resume from {directory}: it was trained with '
                 f'{"; ".join(mismatches)}. Use the same settings, another output_dir, or '
                 f'train.resume=false to start over')
@@ -485,8 +492,9 @@ class Trainer:
         trainable = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
         missing = sorted(set(trainable) - set(stored))
         if missing:
-            raise ValueError(f'cannot resume from {directory}: its weights lack '
-                             f'{len(missing)} trained tensors ({", ".join(missing[:3])})')
+            raise ResumeError(f'cannot resume from {directory}: its weights lack '
+                              f'{len(missing)} trained tensors ({", ".join(missing[:3])}); '
+                              'use another output_dir or train.resume=false to start over')
         with torch.no_grad():
             for name, param in trainable.items():
                 param.copy_(stored[name])
@@ -771,5 +779,6 @@ def run(cfg) -> dict:
     return summary
 
 
-__all__ = ['Trainer', 'run', 'warmup_cosine', 'SkipSampler', 'save_model_checkpoint',
-           'shared_parameters', 'trainable_parameter_report', 'find_resumable', 'Progress']
+__all__ = ['Trainer', 'ResumeError', 'run', 'warmup_cosine', 'SkipSampler',
+           'save_model_checkpoint', 'shared_parameters', 'trainable_parameter_report',
+           'find_resumable', 'Progress']
