@@ -172,3 +172,14 @@ def test_bugs_keep_their_traceback(tmp_path, monkeypatch):
     monkeypatch.setitem(cli.COMMANDS, 'export', cli.Command('buggy_probe', 'run', 'probe'))
     with pytest.raises(ValueError, match='a bug, not a user error'):
         cli.main(['export', '--config', str(TINY), f'output_dir={tmp_path}'])
+
+
+def test_export_refusals_are_one_error_line(tmp_path, capsys):
+    # A folder that is not a checkpoint, given to export: the user's error, not a traceback.
+    from training import cli
+    not_a_checkpoint = tmp_path / 'nothing'
+    status = cli.main(['export', '--config', str(REPO_ROOT / 'config/train/tiny_cpu.yaml'),
+                       '--checkpoint', str(not_a_checkpoint), '--output',
+                       str(tmp_path / 'out')])
+    assert status == 2
+    assert 'error:' in capsys.readouterr().err

@@ -44,6 +44,7 @@ from tqdm import tqdm
 
 from soft_biometrics_ros import labels
 from soft_biometrics_ros.bench import attention_flop_formulas
+from training.config import ConfigError
 
 LOGGER = logging.getLogger(__name__)
 
@@ -324,8 +325,8 @@ def run(cfg, include_zero_shot: bool = True, latency_batch: int = 8,
     """Entry point of `python -m training compare`: train/collect, evaluate, tabulate."""
     from training import evaluation
     if int(os.environ.get('WORLD_SIZE', '1')) > 1:
-        raise RuntimeError('compare runs as one process; train the methods with torchrun '
-                           'first (into output_dir/<method>), then run compare to collect them')
+        raise ConfigError('compare runs as one process; train the methods with torchrun '
+                          'first (into output_dir/<method>), then run compare to collect them')
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows, notes, devices = [], set(), set()

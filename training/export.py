@@ -26,6 +26,7 @@ from typing import Dict, Optional
 import torch
 
 from soft_biometrics_ros import labels
+from training.config import ConfigError
 
 LOGGER = logging.getLogger(__name__)
 
@@ -55,13 +56,13 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path,
 
     checkpoint, output = Path(checkpoint), Path(output)
     if not checkpoint.is_dir():
-        raise FileNotFoundError(f'--checkpoint {checkpoint} is not a checkpoint folder')
+        raise ConfigError(f'--checkpoint {checkpoint} is not a checkpoint folder')
     if output.resolve() == checkpoint.resolve():
-        raise ValueError(f'--output {output} is the checkpoint itself; choose another folder')
+        raise ConfigError(f'--output {output} is the checkpoint itself; choose another folder')
     if output.exists() and (not output.is_dir() or (
             any(output.iterdir()) and not (output / 'manifest.json').is_file())):
-        raise ValueError(f'--output {output} exists and is not a checkpoint folder; refusing '
-                         'to replace it')
+        raise ConfigError(f'--output {output} exists and is not a checkpoint folder; refusing '
+                          'to replace it')
     model = load_checkpoint(str(checkpoint), pretrained=pretrained, device=torch.device('cpu'))
     model.eval()
     probe = probe_batch(model.input_size)
