@@ -43,6 +43,12 @@ TRANSITIONS = {'configure': Transition.TRANSITION_CONFIGURE,
                'cleanup': Transition.TRANSITION_CLEANUP,
                'shutdown': Transition.TRANSITION_INACTIVE_SHUTDOWN}
 
+# The state each transition leads to, for telling a lost reply from a failed transition.
+TRANSITION_TARGETS = {'configure': 'inactive', 'activate': 'active', 'deactivate': 'inactive',
+                      'cleanup': 'unconfigured', 'shutdown': 'finalized'}
+TRANSITION_SOURCES = {'configure': 'unconfigured', 'activate': 'inactive',
+                      'deactivate': 'active', 'cleanup': 'inactive', 'shutdown': 'inactive'}
+
 Stamp = Tuple[int, int]
 
 
@@ -203,20 +209,64 @@ class GraphClient:
 
     # ---- services ----
 
-    def _call(self, client, request, timeout: float = 120.0):
+    def _call(self, client, request, timeout: float = 120.0, resend_after: float = 15.0):
+        """Call an idempotent service (get_state, set_parameters); return its reply.
+
+        The request is sent again every `resend_after` seconds without a reply: a reply
+        can be lost on a loaded machine when the server answers before it has discovered
+        this client's reply reader (seen in full-suite runs as a 120 s wait for a reply
+        to the first call after a node started). The first reply that comes is taken.
+        """
         if not client.wait_for_service(timeout_sec=20.0):
             raise AssertionError(f'service {client.srv_name} not available')
-        future = client.call_async(request)
-        done = self.wait_for(future.done, timeout)
-        if not done:
-            raise AssertionError(f'no answer from {client.srv_name} within {timeout} s')
-        return future.result()
+        deadline = time.monotonic() + timeout
+        futures = []
+        while time.monotonic() < deadline:
+            futures.append(client.call_async(request))
+            wait = min(resend_after, max(0.1, deadline - time.monotonic()))
+            if self.wait_for(lambda: any(f.done() for f in futures), wait):
+                return next(f for f in futures if f.done()).result()
+        raise AssertionError(f'no answer from {client.srv_name} within {timeout} s '
+                             f'({len(futures)} request(s) sent)')
 
-    def change_state(self, transition: str) -> bool:
-        """Request a lifecycle transition by name; return whether it succeeded."""
+    def change_state(self, transition: str, timeout: float = 120.0) -> bool:
+        """Request a lifecycle transition by name; return whether it succeeded.
+
+        A service reply can be lost on a loaded machine: the server answers before its
+        participant has discovered this client's reply reader, and Fast DDS drops the
+        reply (seen once in a full-suite run, right after the client was created). So
+        when no reply comes within a while, the node's state is asked for: the target
+        state means the transition happened; the state it started from, with the node
+        idle enough to answer, means the request or its reply went missing, and it is
+        sent once more.
+        """
         request = ChangeState.Request()
         request.transition.id = TRANSITIONS[transition]
-        return self._call(self.change_state_client, request).success
+        if not self.change_state_client.wait_for_service(timeout_sec=20.0):
+            raise AssertionError(f'service {self.change_state_client.srv_name} not available')
+        deadline = time.monotonic() + timeout
+        futures = [self.change_state_client.call_async(request)]
+        before = None
+        while time.monotonic() < deadline:
+            wait = min(20.0, max(0.1, deadline - time.monotonic()))
+            if self.wait_for(lambda: any(f.done() for f in futures), wait):
+                return next(f for f in futures if f.done()).result().success
+            state = self._state_or_none()
+            if state == TRANSITION_TARGETS[transition]:
+                return True  # done; only the reply was lost
+            if state == TRANSITION_SOURCES[transition] == before and len(futures) == 1:
+                # Idle in the state it started from, twice: the request was lost; again.
+                futures.append(self.change_state_client.call_async(request))
+            before = state
+        raise AssertionError(f'no answer from {self.change_state_client.srv_name} to '
+                             f'{transition} within {timeout} s (state: {before})')
+
+    def _state_or_none(self, timeout: float = 10.0) -> Optional[str]:
+        """The node's lifecycle state label, or None when no reply came within timeout."""
+        future = self.get_state_client.call_async(GetState.Request())
+        if self.wait_for(future.done, timeout):
+            return future.result().current_state.label
+        return None
 
     def get_state(self) -> str:
         """The node's lifecycle state label ('unconfigured', 'inactive', 'active', ...)."""
