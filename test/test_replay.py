@@ -21,6 +21,14 @@ from conftest import REPO_ROOT
 from test_bag_io import PERIOD_NS, START_NS, face_frames, header, write_frames_bag
 
 
+def _finish(player, node):
+    """Kill a replay still running; destroy the test's node and shut rclpy down."""
+    if player.poll() is None:
+        player.kill()
+    node.destroy_node()
+    rclpy.shutdown()
+
+
 def _replay_cmd(*args):
     return [sys.executable, '-m', 'soft_biometrics_ros.replay', *map(str, args)]
 
@@ -92,10 +100,7 @@ def test_loop_until_interrupted(tmp_path):
         player.send_signal(signal.SIGINT)  # Ctrl-C ends a loop
         out, err = player.communicate(timeout=30)
     finally:
-        if player.poll() is None:
-            player.kill()
-        node.destroy_node()
-        rclpy.shutdown()
+        _finish(player, node)
     assert player.returncode == 0, err
     assert len(got) >= 7 and got[:4] == [w[1] for w in written] * 2
     assert 'loops)' in out and 'interrupted' in err
@@ -183,10 +188,7 @@ def test_lockstep_waits_for_each_answer_when_frames_share_a_stamp(tmp_path):
                 events.append(('answer', len([e for e in events if e[0] == 'answer'])))
         out, err = player.communicate(timeout=30)
     finally:
-        if player.poll() is None:
-            player.kill()
-        node.destroy_node()
-        rclpy.shutdown()
+        _finish(player, node)
     assert player.returncode == 0, err
     assert 'published 4 frames' in out and 'recorded 4 answers' in out
     assert '0 awaited answer(s) missing' in out
