@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from soft_biometrics_ros.suggest import suggest_name
+
 logger = logging.getLogger(__name__)
 
 PE_CORE_PREFIX = 'PE-Core-'
@@ -64,17 +66,7 @@ def check_backbone_name(name: str) -> str:
     """
     names = list_backbones()
     if name not in names:
-        import difflib
-        text = str(name)
-        folded = text.casefold()
-        guess = None
-        for matches in ([n for n in names if n.casefold() == folded],
-                        [n for n in names if text and n.startswith(text)],
-                        [n for n in names if text and n.casefold().startswith(folded)],
-                        difflib.get_close_matches(text, names, n=1, cutoff=0.6)):
-            if matches:
-                guess = matches[0] if len(matches) == 1 else None
-                break
+        guess = suggest_name(str(name), names)
         hint = f' (did you mean {guess}?)' if guess else ''
         raise BackboneError(
             f'backbone {name!r} is not a PE-Core architecture known to open_clip '

@@ -22,7 +22,7 @@ from torch import nn
 
 from soft_biometrics_ros import labels
 from soft_biometrics_ros.backbone import PreprocessConfig, preprocess_images
-from soft_biometrics_ros.device import resolve_device, resolve_precision
+from soft_biometrics_ros.device import PRECISION_NAMES, resolve_device, resolve_precision
 
 logger = logging.getLogger(__name__)
 
@@ -69,8 +69,7 @@ class FaceClassifier(nn.Module):
         Returns the compute dtype in effect.
         """
         if isinstance(precision, torch.dtype):
-            precision = {torch.float32: 'fp32', torch.float16: 'fp16', torch.bfloat16: 'bf16',
-                         torch.qint8: 'int8'}.get(precision, str(precision))
+            precision = PRECISION_NAMES.get(precision, str(precision))
         dtype = resolve_precision(precision, self.device)
         if self.quantized and dtype != torch.qint8:
             raise ValueError(

@@ -25,6 +25,9 @@ PRECISIONS = {
     'bf16': torch.bfloat16, 'bfloat16': torch.bfloat16,
     'int8': torch.qint8, 'qint8': torch.qint8,
 }
+# Compute dtype -> its short name.
+PRECISION_NAMES = {torch.float32: 'fp32', torch.float16: 'fp16', torch.bfloat16: 'bf16',
+                   torch.qint8: 'int8'}
 # The inference precision names, in the order the help texts list them.
 INFERENCE_PRECISIONS = ('fp32', 'fp16', 'bf16', 'int8')
 
@@ -103,5 +106,4 @@ def resolve_precision(name: Optional[str], device: Union[torch.device, str]) -> 
 
 def precision_name(dtype: torch.dtype) -> str:
     """Return the short name ('fp32', 'fp16', 'bf16', 'int8') of a compute dtype."""
-    return {torch.float32: 'fp32', torch.float16: 'fp16', torch.bfloat16: 'bf16',
-            torch.qint8: 'int8'}[dtype]
+    return PRECISION_NAMES[dtype]

@@ -20,7 +20,6 @@ nested overrides too: ``method.options.rank=16``.
 from __future__ import annotations
 
 import copy
-import difflib
 import importlib.util
 import math
 import re
@@ -31,6 +30,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 import yaml
 
 from soft_biometrics_ros.labels import TASKS
+from soft_biometrics_ros.suggest import suggest_name
 
 __all__ = ['ConfigError', 'Config', 'Option', 'OPTIONS', 'METHOD_NAMES', 'DATASET_NAMES',
            'load_config', 'make_config', 'parse_overrides', 'default_config',
@@ -415,24 +415,6 @@ SECTIONS = frozenset(
     for option in OPTIONS for i in range(1, option.path.count('.') + 1))
 if len(OPTION_BY_PATH) != len(OPTIONS) or SECTIONS & set(OPTION_BY_PATH):  # pragma: no cover
     raise RuntimeError('training.config.OPTIONS has a duplicate key or a key that is a section')
-
-
-def suggest_name(name: str, candidates: Iterable[str]) -> Optional[str]:
-    """Return the candidate `name` most likely means, or None.
-
-    A candidate equal to `name` but for case, then the only candidate that `name` is a
-    prefix of (``PE-Core-T`` -> ``PE-Core-T-16-384``; case-sensitive first, then not;
-    None when `name` begins several), then the closest by string similarity.
-    """
-    candidates = list(candidates)
-    folded = name.casefold()
-    for matches in ([c for c in candidates if c.casefold() == folded],
-                    [c for c in candidates if name and c.startswith(name)],
-                    [c for c in candidates if name and c.casefold().startswith(folded)]):
-        if matches:
-            return matches[0] if len(matches) == 1 else None
-    matches = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
-    return matches[0] if matches else None
 
 
 def _did_you_mean(name: str, candidates: Iterable[str]) -> str:
