@@ -46,10 +46,10 @@ lint: setup
 	bash -c '$(ENV) python -m pytest test/test_lint.py'
 
 demo: setup
-	bash -c '$(ENV) python -m soft_biometrics_ros.demo $(DEMO_ARGS)'
+	bash -c '$(ENV) python -m soft_biometrics_ros.tools.demo $(DEMO_ARGS)'
 
 bench: setup
-	bash -c '$(ENV) python -m soft_biometrics_ros.bench --suite cpu $(BENCH_ARGS)'
+	bash -c '$(ENV) python -m soft_biometrics_ros.tools.bench --suite cpu $(BENCH_ARGS)'
 
 gpu-check:
 	bash scripts/gpu_check.sh

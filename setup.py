@@ -28,12 +28,12 @@ setup(
     license='Apache-2.0',
     entry_points={
         'console_scripts': [
-            'soft_biometrics_node = soft_biometrics_ros.node:main',
-            'soft_biometrics_predict = soft_biometrics_ros.predict_cli:main',
-            'soft_biometrics_eval = soft_biometrics_ros.bag_eval:main',
-            'soft_biometrics_replay = soft_biometrics_ros.replay:main',
-            'soft_biometrics_record_sample = soft_biometrics_ros.record_sample:main',
-            'soft_biometrics_bench = soft_biometrics_ros.bench:main',
+            'soft_biometrics_node = soft_biometrics_ros.ros.node:main',
+            'soft_biometrics_predict = soft_biometrics_ros.tools.predict:main',
+            'soft_biometrics_eval = soft_biometrics_ros.tools.bag_eval:main',
+            'soft_biometrics_replay = soft_biometrics_ros.tools.replay:main',
+            'soft_biometrics_record_sample = soft_biometrics_ros.tools.record_sample:main',
+            'soft_biometrics_bench = soft_biometrics_ros.tools.bench:main',
         ],
     },
 )

@@ -157,7 +157,7 @@ if [ "$LEFT" -lt 60 ]; then
   BENCH_RC=124
 else
   say "benchmark: soft_biometrics_bench --suite gpu (at most ${LEFT} s)"
-  timeout --signal=INT "$LEFT" "$PYTHON" -m soft_biometrics_ros.bench --suite gpu \
+  timeout --signal=INT "$LEFT" "$PYTHON" -m soft_biometrics_ros.tools.bench --suite gpu \
     --device "$DEVICE" --json "$OUT_DIR/bench_gpu.json" "${BENCH_ROS_ARGS[@]}" "$@" \
     >"$OUT_DIR/bench_gpu.txt" 2>"$OUT_DIR/bench_gpu.log"
   BENCH_RC=$?
@@ -172,7 +172,7 @@ if [ -f "$OUT_DIR/bench_gpu.json" ]; then
   "$PYTHON" - "$OUT_DIR/bench_gpu.json" "$BENCH_RC" <<'EOF'
 import json
 import sys
-from soft_biometrics_ros.bench import format_short_table
+from soft_biometrics_ros.tools.bench import format_short_table
 results = json.load(open(sys.argv[1]))
 if not results.get('complete'):
     print(f'benchmark INCOMPLETE (exit {sys.argv[2]}): the rows below are what it measured')

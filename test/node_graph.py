@@ -1,6 +1,6 @@
 """Helpers for the node tests: start the real node as a subprocess, talk to it over DDS.
 
-`start_node` runs `python -m soft_biometrics_ros.node` (PE-Core-T, random weights, CPU)
+`start_node` runs `python -m soft_biometrics_ros.ros.node` (PE-Core-T, random weights, CPU)
 with its image topics remapped to test topics; `GraphClient` is a real rclpy node in
 the test process that publishes frames, collects `~/faces`, `~/debug_image` and
 `/diagnostics`, and calls the lifecycle and parameter services.
@@ -54,7 +54,7 @@ Stamp = Tuple[int, int]
 
 def start_node(log_path: Path, *ros_args: str) -> subprocess.Popen:
     """Start the node (PE-Core-T, pretrained none, CPU, test topics) with extra ROS args."""
-    command = [sys.executable, '-m', 'soft_biometrics_ros.node', '--ros-args',
+    command = [sys.executable, '-m', 'soft_biometrics_ros.ros.node', '--ros-args',
                '--params-file', str(REPO_ROOT / 'config' / 'node.yaml'),
                '-p', 'backbone:=PE-Core-T-16-384', '-p', 'pretrained:=none',
                '-p', 'device:=cpu', '-r', f'image:={IMAGE_TOPIC}',

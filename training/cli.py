@@ -197,7 +197,7 @@ def user_error_types() -> Tuple[Type[BaseException], ...]:
     """
     types: List[Type[BaseException]] = [ConfigError, CommandUnavailable]
     for module_name, names in (('training.datasets.common', ('DatasetError',)),
-                               ('soft_biometrics_ros.backbone', ('BackboneError',)),
+                               ('soft_biometrics_ros.models.backbone', ('BackboneError',)),
                                ('soft_biometrics_ros.checkpoint', ('CheckpointError',))):
         module = sys.modules.get(module_name)
         types.extend(getattr(module, n) for n in names if hasattr(module, n))
@@ -243,7 +243,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             checkpoint = Path(args.checkpoint)
             if not checkpoint.is_dir():
                 raise ConfigError(f'--checkpoint {checkpoint} is not a directory')
-            from soft_biometrics_ros.checkpoint import read_manifest
+            from soft_biometrics_ros.models.checkpoint import read_manifest
             read_manifest(checkpoint)  # no checkpoint: fail before any data is read
             call_args.append(str(checkpoint))
         if command.takes_output:

@@ -43,7 +43,7 @@ from torch.utils import flop_counter
 from tqdm import tqdm
 
 from soft_biometrics_ros import labels
-from soft_biometrics_ros.bench import attention_flop_formulas
+from soft_biometrics_ros.tools.bench import attention_flop_formulas
 from training.config import ConfigError
 
 LOGGER = logging.getLogger(__name__)
@@ -207,8 +207,8 @@ def evaluate_or_collect(method_cfg, checkpoint: Path) -> dict:
 
 def deployable_classifier(method_cfg, checkpoint: Path):
     """Load a checkpoint as the node does and merge its adapters where possible."""
-    from soft_biometrics_ros.adapters import merge_for_inference
-    from soft_biometrics_ros.classifier import build_classifier
+    from soft_biometrics_ros.models.adapters import merge_for_inference
+    from soft_biometrics_ros.models.classifier import build_classifier
     classifier = build_classifier(checkpoint=str(checkpoint), backbone=None,
                                   pretrained=method_cfg.model.pretrained,
                                   device=method_cfg.train.device,
@@ -343,7 +343,7 @@ def run(cfg, include_zero_shot: bool = True, latency_batch: int = 8,
         rows.append(table_row(method, result, summary['parameters'], cost))
         del classifier
     if include_zero_shot:
-        from soft_biometrics_ros.classifier import build_classifier
+        from soft_biometrics_ros.models.classifier import build_classifier
         zero_dir = out / ZERO_SHOT
         result = evaluation.run_zero_shot(cfg, output_dir=str(zero_dir))
         classifier = build_classifier(checkpoint=None, backbone=cfg.model.backbone,
@@ -354,7 +354,7 @@ def run(cfg, include_zero_shot: bool = True, latency_batch: int = 8,
         devices.add(cost['device'])
         # The whole CLIP model: the text tower defines the classes (it embeds the prompts
         # once and is then freed, so inference runs the vision tower alone).
-        from soft_biometrics_ros.backbone import clip_parameter_counts
+        from soft_biometrics_ros.models.backbone import clip_parameter_counts
         total = clip_parameter_counts(cfg.model.backbone).total
         rows.insert(0, table_row(ZERO_SHOT, result, {'trainable': 0, 'total': total}, cost))
         del classifier

@@ -42,7 +42,7 @@ class ConfigError(ValueError):
 
 
 # The adaptation methods of DESIGN.md step 3 (the adapter registry of
-# soft_biometrics_ros.adapters validates their options when it builds them).
+# soft_biometrics_ros.models.adapters validates their options when it builds them).
 METHOD_NAMES: Tuple[str, ...] = (
     'linear_probe', 'partial', 'lora', 'dora', 'loraplus', 'mtlora')
 # The data sets with a reader in training.datasets; a data set without a root is not used.
@@ -698,11 +698,11 @@ def check_data_roots(cfg: Config) -> List[str]:
 def check_method(cfg: Config) -> None:
     """Validate ``method.name``/``method.options`` and ``compare.methods`` with the registry.
 
-    Uses soft_biometrics_ros.adapters (its config dataclasses name the bad field);
+    Uses soft_biometrics_ros.models.adapters (its config dataclasses name the bad field);
     that imports torch and peft, so only commands that build models call this (the CLI
     does for ``train`` and ``compare``). Raises ConfigError naming the key.
     """
-    from soft_biometrics_ros.adapters import list_methods, method_config
+    from soft_biometrics_ros.models.adapters import list_methods, method_config
 
     registered = list_methods()
     for key, names in (('method.name', [cfg.method.name]), ('compare.methods',

@@ -1,7 +1,7 @@
 """Evaluation of a trained checkpoint or of the zero-shot baseline on the configured data.
 
 `python -m training evaluate --config FILE --checkpoint DIR` loads DIR with
-soft_biometrics_ros.classifier.build_classifier (exactly as the node does), runs it on
+soft_biometrics_ros.models.classifier.build_classifier (exactly as the node does), runs it on
 the `eval.split` split of the configured data sets (the checkpoint's own
 preprocessing), and writes to `output_dir`:
 
@@ -233,7 +233,7 @@ def evaluate_classifier(cfg, classifier, output_dir: Path, title: str, info: dic
 
 def run(cfg, checkpoint: str, output_dir: Optional[str] = None) -> dict:
     """Entry point of `python -m training evaluate`: checkpoint DIR -> metrics files."""
-    from soft_biometrics_ros.classifier import build_classifier
+    from soft_biometrics_ros.models.classifier import build_classifier
     checkpoint = str(checkpoint)
     if not Path(checkpoint).is_dir():
         raise FileNotFoundError(f'--checkpoint {checkpoint} is not a folder (expected e.g. '
@@ -249,7 +249,7 @@ def run(cfg, checkpoint: str, output_dir: Optional[str] = None) -> dict:
 
 def run_zero_shot(cfg, output_dir: Optional[str] = None) -> dict:
     """Entry point of `python -m training zero-shot`: the CLIP baseline -> metrics files."""
-    from soft_biometrics_ros.classifier import build_classifier
+    from soft_biometrics_ros.models.classifier import build_classifier
     classifier = build_classifier(checkpoint=None, backbone=cfg.model.backbone,
                                   pretrained=cfg.model.pretrained, device=cfg.train.device,
                                   precision=cfg.train.precision)

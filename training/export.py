@@ -4,7 +4,7 @@
 
 1. loads DIR (a checkpoint of `train`, e.g. output_dir/checkpoints/best) on the CPU;
 2. folds the method's adapters into the base weights where the method can
-   (soft_biometrics_ros.adapters.merge_for_inference: LoRA, DoRA and LoRA+ merge
+   (soft_biometrics_ros.models.adapters.merge_for_inference: LoRA, DoRA and LoRA+ merge
    completely, MTLoRA its task-agnostic part; linear_probe and partial have nothing
    to merge), so the node runs plain linears;
 3. writes OUT atomically in the same checkpoint format, self-contained (every weight
@@ -50,9 +50,9 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path,
                       pretrained: Optional[str] = None,
                       tolerance: float = DEFAULT_TOLERANCE) -> dict:
     """Merge and write `checkpoint` to `output`; return the export report (see module doc)."""
-    from soft_biometrics_ros.adapters import merge_for_inference
-    from soft_biometrics_ros.checkpoint import load_checkpoint, save_checkpoint
-    from soft_biometrics_ros.classifier import build_classifier
+    from soft_biometrics_ros.models.adapters import merge_for_inference
+    from soft_biometrics_ros.models.checkpoint import load_checkpoint, save_checkpoint
+    from soft_biometrics_ros.models.classifier import build_classifier
 
     checkpoint, output = Path(checkpoint), Path(output)
     if not checkpoint.is_dir():

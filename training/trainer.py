@@ -3,7 +3,7 @@
 What one run does:
 
 1. builds the MultitaskModel of `model.backbone` / `model.pretrained` adapted by
-   `method.name` (the adapter registry of soft_biometrics_ros.adapters decides which
+   `method.name` (the adapter registry of soft_biometrics_ros.models.adapters decides which
    weights train) and the train/val sets of the configured data sets with the balanced
    sampler and emotion oversampling (training.datasets, training.sampling);
 2. optimises masked cross-entropy per task, combined by `loss.strategy`
@@ -13,7 +13,7 @@ What one run does:
 3. validates every epoch (and every `train.eval_every` steps when set); keeps the best
    model (mean macro-F1 over the tasks labelled in val) in
    output_dir/checkpoints/best/ and the latest in output_dir/checkpoints/last/, both in
-   the checkpoint format of soft_biometrics_ros.checkpoint, which the node loads;
+   the checkpoint format of soft_biometrics_ros.models.checkpoint, which the node loads;
 4. logs to tqdm, TensorBoard (output_dir/tensorboard/) and CSV (train_log.csv,
    val_log.csv), per-task losses and loss weights included.
 
@@ -297,7 +297,7 @@ class Trainer:
 
     # ----------------------------------------------------------------- building
     def _build_model(self) -> nn.Module:
-        from soft_biometrics_ros.model import build_multitask_model
+        from soft_biometrics_ros.models.multitask import build_multitask_model
         cfg = self.cfg
         kwargs = {}
         if cfg_get(cfg, 'data.image_size') is not None:
@@ -327,7 +327,7 @@ class Trainer:
 
         The loss balancer's learned weights join as one more group without weight decay.
         """
-        from soft_biometrics_ros.adapters import build_optimizer
+        from soft_biometrics_ros.models.adapters import build_optimizer
         cfg = self.cfg
         kwargs = {'fused': True} if self.device.type == 'cuda' else {}
         optimizer = build_optimizer(self.model, torch.optim.AdamW, lr=cfg.train.lr,
@@ -422,7 +422,7 @@ class Trainer:
     def save(self, which: str = 'last', with_state: bool = True) -> Optional[Path]:
         """Write checkpoints/<which>/ atomically (all ranks must call it under DDP).
 
-        The model checkpoint (soft_biometrics_ros.checkpoint format) is written to a
+        The model checkpoint (soft_biometrics_ros.models.checkpoint format) is written to a
         temporary folder, the training state and every rank's RNG streams beside it,
         then the folder is renamed into place (see _atomic_replace).
         """
@@ -486,7 +486,7 @@ class Trainer:
         """Copy the trainable tensors of the checkpoint in `directory` into the model."""
         from safetensors.torch import load_file
 
-        from soft_biometrics_ros.checkpoint import read_manifest
+        from soft_biometrics_ros.models.checkpoint import read_manifest
         manifest = read_manifest(directory)
         stored = load_file(str(directory / manifest['weights']['file']), device='cpu')
         trainable = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
@@ -758,8 +758,8 @@ def _fmt(value) -> str:
 
 def save_model_checkpoint(model: nn.Module, directory: Path, cfg, extra: Optional[dict] = None
                           ) -> Path:
-    """Write the model in the node's checkpoint format (soft_biometrics_ros.checkpoint)."""
-    from soft_biometrics_ros.checkpoint import save_checkpoint
+    """Write the model in the node's checkpoint format (soft_biometrics_ros.models.checkpoint)."""
+    from soft_biometrics_ros.models.checkpoint import save_checkpoint
     training_info = {'config': cfg.to_dict(), **(extra or {})}
     save_checkpoint(unwrap(model), directory, training=training_info)
     return Path(directory)

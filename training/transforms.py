@@ -1,7 +1,7 @@
 """Image transforms of the training data: PE preprocessing, and augmentation for training.
 
 Evaluation images go through exactly the preprocessing the node uses at inference
-(:func:`soft_biometrics_ros.backbone.preprocess_images`: squash-resize to the backbone's
+(:func:`soft_biometrics_ros.models.backbone.preprocess_images`: squash-resize to the backbone's
 input side with its interpolation, then mean/std normalisation; PE's are bilinear and
 0.5/0.5), so what a model is trained and evaluated on matches what it sees on a robot.
 Training images are first augmented on the uint8 crop (a small random resized crop,
@@ -21,7 +21,8 @@ import torch
 from torchvision.transforms import RandomResizedCrop
 from torchvision.transforms import v2
 
-from soft_biometrics_ros.backbone import PreprocessConfig, preprocess_config, preprocess_images
+from soft_biometrics_ros.models.backbone import (PreprocessConfig, preprocess_config,
+                                                 preprocess_images)
 
 __all__ = ['AugmentConfig', 'EvalTransform', 'TrainTransform', 'PreprocessConfig',
            'preprocess_for', 'build_transforms']

@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from soft_biometrics_ros.detection import Detection, crop_faces
+from soft_biometrics_ros.runtime.detection import Detection, crop_faces
 from soft_biometrics_ros.labels import IGNORE_INDEX, TASKS
 from training.config import DATASET_NAMES
 
@@ -47,7 +47,7 @@ def load_face(sample: Sample) -> np.ndarray:
     """Return the sample's face as an RGB uint8 array (H, W, 3).
 
     Without a box, the whole image. With one, the node's face crop
-    (soft_biometrics_ros.detection.crop_faces with the sample's margin) at the crop's
+    (soft_biometrics_ros.runtime.detection.crop_faces with the sample's margin) at the crop's
     own resolution: a square of side round(max(w, h) x (1 + 2 margin)). Raises
     OSError/ValueError when the file cannot be decoded.
     """

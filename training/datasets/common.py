@@ -60,7 +60,7 @@ class Sample:
     key: the entry's id in its data set (file name, csv row). group: the image path
     relative to the data set root (splits never separate a group). box: face box
     (x0, y0, x1, y1) in pixels, or None to use the whole image; margin: the face is
-    then cropped as the node crops faces (soft_biometrics_ros.detection.crop_faces:
+    then cropped as the node crops faces (soft_biometrics_ros.runtime.detection.crop_faces:
     the square centred on the box, of side max(w, h) x (1 + 2 margin), black outside
     the image). age_years: the age in years where the data set gives it, else NaN.
     """

@@ -8,7 +8,7 @@ Layout as distributed (MiVOLO's lagenda_benchmark_images.zip + lagenda_annotatio
 
 Several rows may share one image (one per person). A row whose face box is -1 (a
 person whose face is not visible) is skipped as ``no_face_box``. Faces are cropped
-exactly as the node crops detected faces (soft_biometrics_ros.detection.crop_faces):
+exactly as the node crops detected faces (soft_biometrics_ros.runtime.detection.crop_faces):
 the square centred on the face box, of side max(w, h) x (1 + 2 ``face_margin``), black
 outside the image; keep ``data.lagenda.face_margin`` equal to the node's ``margin``.
 

@@ -1,0 +1,329 @@
+"""Checkpoint directories of the adapted multitask model: save, validate, load.
+
+A checkpoint is a directory with two files:
+
+- `manifest.json`: format name and version; backbone name, input size and the pretrained
+  weights source it started from (with a fingerprint of those weights); the adaptation
+  method, its config and whether it was merged; the head config; the label schema
+  (`labels.schema_dict()`); the versions of this package, torch, open_clip, timm and peft;
+  the sha256 of the weights file; optional training information.
+- `weights.safetensors`: the tensors the checkpoint cannot get elsewhere. Normally that is
+  the heads plus what the method trained (adapters, or unfrozen blocks for `partial`, or
+  the base weights a merge changed): the frozen backbone comes back from its pretrained
+  source, and the fingerprint check makes sure it is the same weights. When the backbone
+  was randomly initialised (pretrained 'none'), nothing could reproduce it, so the whole
+  model is stored (`backbone_stored: true`); `include_backbone=True` does the same for a
+  self-contained deployable checkpoint.
+
+Loading never unpickles (safetensors and JSON only). Every mismatch (backbone, label
+schema, backbone weights, missing or unexpected tensors, a corrupt file) raises
+CheckpointError naming both sides. Saving is atomic: the directory is written beside the
+target and swapped in, so an interruption leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Dict, Optional, Union
+
+import torch
+
+import soft_biometrics_ros
+from soft_biometrics_ros import labels
+from soft_biometrics_ros.models.backbone import NO_WEIGHTS, BackboneError, load_vision_tower
+
+logger = logging.getLogger(__name__)
+
+FORMAT_NAME = 'soft_biometrics_ros.checkpoint'
+FORMAT_VERSION = 1
+MANIFEST_FILE = 'manifest.json'
+WEIGHTS_FILE = 'weights.safetensors'
+REQUIRED_KEYS = ('format', 'format_version', 'backbone', 'input_size', 'pretrained',
+                 'backbone_fingerprint', 'backbone_stored', 'method', 'heads', 'label_schema',
+                 'weights')
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used as asked, with both sides of the mismatch named."""
+
+
+def _versions() -> Dict[str, str]:
+    import open_clip
+    import peft
+    import safetensors
+    import timm
+    return {'soft_biometrics_ros': soft_biometrics_ros.__version__, 'torch': torch.__version__,
+            'open_clip': open_clip.__version__, 'timm': timm.__version__,
+            'peft': peft.__version__, 'safetensors': safetensors.__version__}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, 'rb') as handle:
+        for chunk in iter(lambda: handle.read(1 << 22), b''):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def checkpoint_tensors(model, include_backbone: bool) -> Dict[str, torch.Tensor]:
+    """Return the tensors a checkpoint of `model` stores (see the module docstring)."""
+    state = model.state_dict()
+    if include_backbone:
+        return state
+    names = model.tuned_parameter_names
+    missing = [n for n in names if n not in state]
+    if missing:
+        raise CheckpointError(f'tuned parameters {missing[:4]} are not in the model state')
+    return {n: state[n] for n in names}
+
+
+def save_checkpoint(model, directory: Union[str, Path], training: Optional[dict] = None,
+                    include_backbone: Optional[bool] = None) -> Path:
+    """Write `model` (a MultitaskModel) as a checkpoint directory and return its path.
+
+    include_backbone: store every weight (self-contained). None = only when the backbone
+    was random (pretrained 'none') or no adaptation method was applied (all weights train).
+    training: JSON-able information kept in the manifest (config, step, metrics...).
+    An existing checkpoint at `directory` is replaced atomically; an existing directory
+    that is not a checkpoint is never overwritten.
+    """
+    from safetensors.torch import save_file
+
+    from soft_biometrics_ros.models.adapters import config_to_dict
+    from soft_biometrics_ros.models.multitask import MultitaskModel
+
+    if not isinstance(model, MultitaskModel):
+        raise TypeError(f'save_checkpoint takes a MultitaskModel, got {type(model).__name__}')
+    directory = Path(directory)
+    if directory.exists() and (not directory.is_dir() or (
+            any(directory.iterdir()) and not (directory / MANIFEST_FILE).is_file())):
+        raise CheckpointError(f'{directory} exists and is not a checkpoint directory; '
+                              f'refusing to overwrite it')
+    if include_backbone is None:
+        include_backbone = model.backbone_untrained
+    include_backbone = include_backbone or model.method_name is None  # everything trains
+    tensors = checkpoint_tensors(model, include_backbone)
+    tensors = {k: v.detach().to('cpu').contiguous().clone() for k, v in tensors.items()}
+
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = directory.parent / f'.{directory.name}.tmp-{os.getpid()}'
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir()
+    try:
+        weights_path = staging / WEIGHTS_FILE
+        save_file(tensors, str(weights_path), metadata={'format': FORMAT_NAME})
+        method = None
+        if model.method_name is not None:
+            method = {'name': model.method_name, 'config': config_to_dict(model.method_config),
+                      'merged': bool(model.merged)}
+        manifest = {
+            'format': FORMAT_NAME,
+            'format_version': FORMAT_VERSION,
+            'created': time.strftime('%Y-%m-%dT%H:%M:%S%z'),
+            'backbone': model.backbone_name,
+            'input_size': model.input_size,
+            'embed_dim': model.embed_dim,
+            'preprocess': model.preprocess_config.to_dict(),
+            'pretrained': model.pretrained,
+            'backbone_fingerprint': model.backbone_fingerprint,
+            'backbone_stored': bool(include_backbone),
+            'method': method,
+            'heads': model.head_config.to_dict(),
+            'label_schema': labels.schema_dict(),
+            'parameters': model.parameter_summary(),
+            'weights': {'file': WEIGHTS_FILE, 'sha256': _sha256(weights_path),
+                        'tensors': len(tensors)},
+            'versions': _versions(),
+            'training': training or {},
+        }
+        with open(staging / MANIFEST_FILE, 'w', encoding='utf-8') as handle:
+            json.dump(manifest, handle, indent=2, default=str)
+            handle.write('\n')
+        previous = directory.parent / f'.{directory.name}.old-{os.getpid()}'
+        if directory.exists():
+            directory.rename(previous)
+        staging.rename(directory)
+        if previous.exists():
+            shutil.rmtree(previous)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    logger.info('saved checkpoint %s (%d tensors%s)', directory, len(tensors),
+                ', whole model' if include_backbone else '')
+    return directory
+
+
+# Where a checkpoint lies inside the folders people pass instead (a training run's
+# output_dir, its checkpoints/ folder), best first.
+_INNER_CHECKPOINTS = ('checkpoints/best', 'best', 'export', 'checkpoints/last', 'last')
+
+
+def _not_a_checkpoint(directory: Path) -> CheckpointError:
+    if not directory.exists():
+        return CheckpointError(f'checkpoint folder {directory} does not exist')
+    if not directory.is_dir():
+        return CheckpointError(f'{directory} is not a checkpoint: checkpoints are folders '
+                               f'(with {MANIFEST_FILE} and {WEIGHTS_FILE})')
+    inner = [directory / name for name in _INNER_CHECKPOINTS
+             if (directory / name / MANIFEST_FILE).is_file()]
+    hint = ''
+    if inner:
+        hint = (f'; it holds the checkpoint {inner[0]}: pass that folder'
+                + (f' (or {", ".join(str(p) for p in inner[1:])})' if inner[1:] else ''))
+    return CheckpointError(f'{directory} is not a checkpoint: {MANIFEST_FILE} is missing{hint}')
+
+
+def read_manifest(directory: Union[str, Path]) -> dict:
+    """Read and validate the manifest of checkpoint `directory`.
+
+    A folder that is not a checkpoint but holds one (a training run's output_dir holds
+    checkpoints/best) is refused with the inner checkpoint's path in the message.
+    """
+    directory = Path(directory)
+    path = directory / MANIFEST_FILE
+    if not path.is_file():
+        raise _not_a_checkpoint(directory)
+    try:
+        with open(path, encoding='utf-8') as handle:
+            manifest = json.load(handle)
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f'checkpoint manifest {path} is unreadable: {error}') from None
+    if not isinstance(manifest, dict) or manifest.get('format') != FORMAT_NAME:
+        raise CheckpointError(f'{path} is not a {FORMAT_NAME} manifest')
+    missing = [k for k in REQUIRED_KEYS if k not in manifest]
+    if missing:
+        raise CheckpointError(f'checkpoint manifest {path} lacks {", ".join(missing)}')
+    version = manifest['format_version']
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise CheckpointError(f'checkpoint manifest {path} has an invalid format_version '
+                              f'{version!r}')
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f'checkpoint {directory} has format version {manifest["format_version"]}, this '
+            f'soft_biometrics_ros reads up to {FORMAT_VERSION}; update the package')
+    return manifest
+
+
+def _read_weights(directory: Path, manifest: dict) -> Dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    path = directory / manifest['weights'].get('file', WEIGHTS_FILE)
+    if not path.is_file():
+        raise CheckpointError(f'checkpoint {directory} lacks its weights file {path.name}')
+    expected = manifest['weights'].get('sha256')
+    if expected and _sha256(path) != expected:
+        raise CheckpointError(
+            f'checkpoint weights {path} are corrupt: sha256 {_sha256(path)[:12]}... differs '
+            f'from the manifest\'s {expected[:12]}...')
+    try:
+        return load_file(str(path), device='cpu')
+    except Exception as error:  # safetensors raises its own error types
+        raise CheckpointError(f'checkpoint weights {path} are corrupt or unreadable: '
+                              f'{error}') from None
+
+
+def _check_tensors(model, weights: Dict[str, torch.Tensor], stored_all: bool,
+                   directory: Path) -> None:
+    state = model.state_dict()
+    expected = set(state) if stored_all else set(model.tuned_parameter_names)
+    missing = sorted(expected - set(weights))
+    unexpected = sorted(set(weights) - expected)
+    shapes = sorted(k for k in expected & set(weights) if weights[k].shape != state[k].shape)
+    problems = []
+    if missing:
+        problems.append(f'{len(missing)} tensors the model needs are missing '
+                        f'({", ".join(missing[:3])}...)')
+    if unexpected:
+        problems.append(f'{len(unexpected)} tensors the model does not have '
+                        f'({", ".join(unexpected[:3])}...)')
+    if shapes:
+        key = shapes[0]
+        problems.append(f'{len(shapes)} tensors of another shape (e.g. {key}: checkpoint '
+                        f'{tuple(weights[key].shape)}, model {tuple(state[key].shape)})')
+    if problems:
+        raise CheckpointError(f'checkpoint {directory} does not fit the model its manifest '
+                              f'describes: {"; ".join(problems)}')
+
+
+def load_checkpoint(directory: Union[str, Path], backbone: Optional[str] = None,
+                    pretrained: Optional[str] = None,
+                    device: Union[str, torch.device] = 'cpu',
+                    cache_dir: Optional[str] = None):
+    """Load checkpoint `directory` as a MultitaskModel on `device` (eval mode).
+
+    backbone: the backbone the caller expects; None (or '') takes the checkpoint's, another
+    name is an error naming both. pretrained: where the frozen backbone weights come from when
+    the checkpoint does not store them; None or '' takes the source in the manifest. The
+    weights must be the ones the checkpoint was trained on (fingerprint check).
+    """
+    from soft_biometrics_ros.models.adapters import apply_method, merge_for_inference
+    from soft_biometrics_ros.models.heads import HeadConfig
+    from soft_biometrics_ros.models.multitask import MultitaskModel
+
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    try:
+        labels.check_schema(manifest['label_schema'], source=f'checkpoint {directory}')
+    except ValueError as error:
+        raise CheckpointError(str(error)) from None
+    if backbone and backbone != manifest['backbone']:
+        raise CheckpointError(
+            f'checkpoint {directory} was trained on backbone {manifest["backbone"]}, not on '
+            f'the requested {backbone}; request {manifest["backbone"]} or leave the backbone '
+            f"unset to use the checkpoint's")
+    stored = bool(manifest['backbone_stored'])
+    trained_from = manifest['pretrained']
+    if stored:
+        source = NO_WEIGHTS
+    else:
+        source = pretrained if pretrained not in (None, '') else trained_from
+        if source == NO_WEIGHTS:
+            raise CheckpointError(
+                f'checkpoint {directory} stores only the adapted weights; its backbone '
+                f'weights come from pretrained {trained_from!r}, but pretrained=none was '
+                f'given. Pass pretrained={trained_from!r} (or a local file of those '
+                f'weights), or export a self-contained checkpoint')
+    weights = _read_weights(directory, manifest)  # corrupt files fail before any build
+
+    from soft_biometrics_ros.models.backbone import preprocess_config
+    default_size = preprocess_config(manifest['backbone']).size
+    image_size = manifest['input_size'] if manifest['input_size'] != default_size else None
+    try:
+        pe_core = load_vision_tower(manifest['backbone'], source, device='cpu',
+                                    cache_dir=cache_dir, image_size=image_size,
+                                    announce_untrained=not stored)
+    except BackboneError as error:
+        raise CheckpointError(f'checkpoint {directory}: cannot load its backbone '
+                              f'{manifest["backbone"]} weights: {error}') from None
+    if not stored and pe_core.fingerprint != manifest['backbone_fingerprint']:
+        raise CheckpointError(
+            f'checkpoint {directory} was trained on {manifest["backbone"]} weights '
+            f'{trained_from!r} (fingerprint {manifest["backbone_fingerprint"]}); the weights '
+            f'from {source!r} differ (fingerprint {pe_core.fingerprint})')
+    model = MultitaskModel(
+        visual=pe_core.model, embed_dim=pe_core.embed_dim, backbone_name=pe_core.name,
+        preprocess_config=pe_core.preprocess,
+        head_config=HeadConfig.from_dict(manifest['heads']), pretrained=trained_from,
+        backbone_fingerprint=manifest['backbone_fingerprint'],
+        backbone_parameter_counts=pe_core.parameter_counts,
+        untrained=trained_from == NO_WEIGHTS)
+    method = manifest['method']
+    if method is not None:
+        apply_method(model, method['name'], method['config'])
+        if method.get('merged'):
+            merge_for_inference(model)
+    _check_tensors(model, weights, stored, directory)
+    model.load_state_dict(weights, strict=stored)
+    model.checkpoint_manifest = manifest
+    if trained_from == NO_WEIGHTS:
+        logger.warning('UNTRAINED backbone: checkpoint %s was trained on a randomly '
+                       'initialised %s (pretrained=none); for tests only', directory,
+                       manifest['backbone'])
+    return model.to(torch.device(device)).eval()

@@ -1,0 +1,246 @@
+"""Face tracking across frames: stable face ids and temporally smoothed estimates.
+
+A dialogue manager wants one identifier per person and answers that do not flicker
+from frame to frame. `FaceTracker.update` takes the pipeline's estimates of one frame
+and returns them with
+
+- `face_id`: kept while the face is matched to a track (IoU first, then centre
+  distance relative to the face size, greedy by best match); a new face gets a new id
+  that starts with a letter (usable in topic names);
+- probabilities smoothed by an exponential moving average per task,
+  p_t = smoothing * p_(t-1) + (1 - smoothing) * new_t, with labels, confidences and
+  the expected age recomputed from the smoothed vectors.
+
+A track that is not matched for more than `max_missed` consecutive frames, or (with
+frame stamps) not seen for more than `max_age_s` seconds of frame time, is forgotten;
+if the face comes back it gets a new id. With `max_age_s`, stamps going backwards (a
+bag replayed in a loop) forget every track. Ids are never reused: trackers that follow
+each other can share one id counter. Non-finite probabilities (NaN, inf) never enter a
+smoothed track; they are skipped and counted. Plain Python, no ROS.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from soft_biometrics_ros import labels
+from soft_biometrics_ros.runtime.estimates import FaceEstimate, TaskEstimate
+
+Box = Tuple[float, float, float, float]
+
+
+@dataclass
+class TrackerConfig:
+    """How faces are matched and smoothed.
+
+    iou_threshold: minimum IoU between a track's last box and a new box to match them.
+    max_center_distance: without enough IoU, boxes still match when their centres are
+        closer than this fraction of the track's box diagonal (fast motion, low rate).
+    max_missed: a track unmatched for more than this many consecutive frames is dropped.
+    max_age_s: a track not seen for more than this many seconds of frame time (the
+        stamps given to `update`) is dropped, and a stamp going backwards drops every
+        track; 0 = off (stamps are ignored).
+    smoothing: EMA strength in [0, 1); 0 = no smoothing (every frame stands alone).
+    id_prefix: face ids are `id_prefix` + a 4-digit counter; must start with a letter.
+    """
+
+    iou_threshold: float = 0.3
+    max_center_distance: float = 0.5
+    max_missed: int = 5
+    max_age_s: float = 0.0
+    smoothing: float = 0.5
+    id_prefix: str = 'f'
+
+    def __post_init__(self):
+        if not 0.0 <= self.iou_threshold <= 1.0:
+            raise ValueError(f'iou_threshold must be in [0, 1], got {self.iou_threshold}')
+        if self.max_center_distance < 0:
+            raise ValueError(
+                f'max_center_distance must be >= 0, got {self.max_center_distance}')
+        if int(self.max_missed) != self.max_missed or self.max_missed < 0:
+            raise ValueError(f'max_missed must be an integer >= 0, got {self.max_missed}')
+        if not self.max_age_s >= 0.0:  # also refuses NaN
+            raise ValueError(f'max_age_s must be >= 0 (0 = no limit), got {self.max_age_s}')
+        if not 0.0 <= self.smoothing < 1.0:
+            raise ValueError(
+                f'smoothing must be in [0, 1) (0 = off, closer to 1 = smoother), '
+                f'got {self.smoothing}')
+        if not self.id_prefix or not self.id_prefix[0].isalpha() or \
+                not all(c.isalnum() or c == '_' for c in self.id_prefix):
+            raise ValueError(
+                f'id_prefix must start with a letter and hold only letters, digits and _, '
+                f'got {self.id_prefix!r}')
+
+
+def iou(a: Box, b: Box) -> float:
+    """Intersection over union of two (x0, y0, x1, y1) boxes; 0 when either is empty."""
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    area_a = max(0.0, a[2] - a[0]) * max(0.0, a[3] - a[1])
+    area_b = max(0.0, b[2] - b[0]) * max(0.0, b[3] - b[1])
+    union = area_a + area_b - inter
+    return inter / union if union > 0 else 0.0
+
+
+def center_distance(a: Box, b: Box) -> float:
+    """Distance between box centres divided by the diagonal of box `a`."""
+    ax, ay = (a[0] + a[2]) / 2, (a[1] + a[3]) / 2
+    bx, by = (b[0] + b[2]) / 2, (b[1] + b[3]) / 2
+    diagonal = float(np.hypot(a[2] - a[0], a[3] - a[1]))
+    if diagonal <= 0:
+        return float('inf')
+    return float(np.hypot(ax - bx, ay - by)) / diagonal
+
+
+@dataclass
+class Track:
+    """One face followed over frames: its id, last box and smoothed probabilities."""
+
+    face_id: str
+    box: Box
+    probabilities: Dict[str, np.ndarray]
+    missed: int = 0
+    hits: int = 1
+    last_seen: Optional[float] = None
+
+
+def match(track_boxes: Sequence[Box], boxes: Sequence[Box], iou_threshold: float,
+          max_center_distance: float) -> List[Tuple[int, int]]:
+    """Greedy one-to-one matching of track boxes to new boxes.
+
+    Pairs are taken by decreasing IoU (those with IoU >= iou_threshold), then the
+    remaining ones by increasing relative centre distance (< max_center_distance).
+    Returns (track index, box index) pairs.
+    """
+    pairs: List[Tuple[int, int]] = []
+    used_tracks, used_boxes = set(), set()
+
+    def take(candidates) -> None:
+        # Candidates come sorted best first and already filtered by their threshold.
+        for ti, bi in candidates:
+            if ti not in used_tracks and bi not in used_boxes:
+                pairs.append((ti, bi))
+                used_tracks.add(ti)
+                used_boxes.add(bi)
+
+    by_iou = sorted(((iou(t, b), ti, bi) for ti, t in enumerate(track_boxes)
+                     for bi, b in enumerate(boxes)), reverse=True)
+    take((ti, bi) for overlap, ti, bi in by_iou if overlap >= iou_threshold and overlap > 0)
+    by_distance = sorted((center_distance(t, b), ti, bi) for ti, t in enumerate(track_boxes)
+                         for bi, b in enumerate(boxes)
+                         if ti not in used_tracks and bi not in used_boxes)
+    take((ti, bi) for distance, ti, bi in by_distance if distance < max_center_distance)
+    return pairs
+
+
+def with_probabilities(estimate: FaceEstimate, probabilities: Dict[str, np.ndarray],
+                       face_id: str) -> FaceEstimate:
+    """Return a copy of `estimate` with new per-task probabilities and a face id."""
+    tasks = {task: TaskEstimate.from_probabilities(task, probabilities[task])
+             for task in labels.TASKS}
+    return dataclasses.replace(
+        estimate, face_id=face_id,
+        age_years=float(labels.expected_age(probabilities['age'])), **tasks)
+
+
+class FaceTracker:
+    """Assigns stable face ids and smooths each face's probabilities over frames.
+
+    With `enabled=False` every detection gets a fresh id and no smoothing is applied
+    (each frame stands alone), so ids never suggest a continuity that is not known.
+    `ids` is the counter behind the face ids; pass the same one to a tracker that
+    replaces this one (e.g. after a reconfiguration) so that ids are never reused.
+    `nonfinite` counts the per-task probability vectors skipped for holding NaN or inf.
+    """
+
+    def __init__(self, config: TrackerConfig = None, enabled: bool = True,
+                 ids: Optional[Iterator[int]] = None):
+        self.config = config or TrackerConfig()
+        self.enabled = enabled
+        self.tracks: List[Track] = []
+        self.nonfinite = 0
+        self._ids = ids if ids is not None else itertools.count(1)
+        self._last_stamp: Optional[float] = None
+
+    def new_id(self) -> str:
+        """Return the next unused face id (prefix + counter, e.g. 'f0001')."""
+        return f'{self.config.id_prefix}{next(self._ids):04d}'
+
+    def reset(self) -> None:
+        """Forget every track (ids keep counting, so old ids are never reused)."""
+        self.tracks = []
+        self._last_stamp = None
+
+    def _forget_old(self, stamp: Optional[float]) -> None:
+        """Drop every track on a stamp going backwards, and tracks older than max_age_s."""
+        max_age = self.config.max_age_s
+        if stamp is None or max_age <= 0:
+            return
+        if self._last_stamp is not None and stamp < self._last_stamp:
+            self.tracks = []  # time went backwards (a bag loop): nothing carries over
+        self.tracks = [t for t in self.tracks
+                       if t.last_seen is None or stamp - t.last_seen <= max_age]
+        self._last_stamp = stamp
+
+    def _smooth(self, track: Track, vectors: Dict[str, np.ndarray]) -> None:
+        alpha = self.config.smoothing
+        for task in labels.TASKS:
+            new, old = vectors[task], track.probabilities[task]
+            if not np.all(np.isfinite(new)):
+                continue  # keep the smoothed past, never poison it (counted in update)
+            if not np.all(np.isfinite(old)):
+                track.probabilities[task] = new  # the track began with a bad vector
+            else:
+                track.probabilities[task] = alpha * old + (1 - alpha) * new
+
+    def update(self, estimates: Sequence[FaceEstimate],
+               stamp: Optional[float] = None) -> List[FaceEstimate]:
+        """Match this frame's estimates to the tracks; return them with ids, smoothed.
+
+        The output has the same order and boxes as `estimates`. Call once per processed
+        frame, also with an empty list (that ages the tracks). `stamp` is the frame's
+        time in seconds (its header stamp); with stamps and `max_age_s` > 0, a track not
+        seen for more than `max_age_s` is forgotten, and a stamp earlier than the
+        previous one forgets every track. Without (None), only frames count.
+        """
+        if not self.enabled:
+            return [dataclasses.replace(e, face_id=self.new_id()) for e in estimates]
+        if stamp is not None and not math.isfinite(stamp):
+            stamp = None
+        self._forget_old(stamp)
+        vectors = [{task: e.task(task).vector(task) for task in labels.TASKS}
+                   for e in estimates]
+        self.nonfinite += sum(not np.all(np.isfinite(v[task]))
+                              for v in vectors for task in labels.TASKS)
+        pairs = match([t.box for t in self.tracks], [e.box for e in estimates],
+                      self.config.iou_threshold, self.config.max_center_distance)
+        matched_tracks = {ti for ti, _ in pairs}
+        track_of_box = {bi: self.tracks[ti] for ti, bi in pairs}
+        out: List[FaceEstimate] = []
+        new_tracks: List[Track] = []
+        for bi, estimate in enumerate(estimates):
+            track = track_of_box.get(bi)
+            if track is None:
+                track = Track(self.new_id(), estimate.box, dict(vectors[bi]),
+                              last_seen=stamp)
+                new_tracks.append(track)
+            else:
+                self._smooth(track, vectors[bi])
+                track.box = estimate.box
+                track.missed = 0
+                track.hits += 1
+                track.last_seen = stamp
+            out.append(with_probabilities(estimate, track.probabilities, track.face_id))
+        for ti, track in enumerate(self.tracks):
+            if ti not in matched_tracks:
+                track.missed += 1
+        self.tracks = [t for t in self.tracks if t.missed <= self.config.max_missed]
+        self.tracks.extend(new_tracks)
+        return out

@@ -1,0 +1,388 @@
+"""`make demo`: the real node on the bundled sample, its answers streamed as a table.
+
+What it does:
+
+1. Picks the model: a trained checkpoint (--checkpoint or $SOFT_BIOMETRICS_CHECKPOINT),
+   else real PE-Core weights (a local file via --pretrained or $SOFT_BIOMETRICS_WEIGHTS,
+   or open_clip's `meta` tag from the hub cache / the hub), else PE-Core-T-16-384 with
+   RANDOM weights, announced by a loud banner: the plumbing is real, the answers are
+   meaningless.
+2. Starts the real node (`python -m soft_biometrics_ros.ros.node`, autostart) as a
+   subprocess on a private ROS domain (unless ROS_DOMAIN_ID is set), with the Fast DDS
+   large-frames profile, and waits until it subscribes.
+3. Publishes the bundled sample (`sample_data.panning_frames`: two public-domain
+   portraits moving across a 640x480 frame) one frame at a time, prints every answer
+   (`~/faces`) as a table row per face (face id, age group and years, gender,
+   emotion, confidences) and writes annotated frames to the output folder.
+4. Stops the node and prints a summary (frames answered, face ids, latencies, the
+   node's own /diagnostics).
+
+Options: --backbone, --pretrained (meta | FILE | none), --checkpoint, --device,
+--frames, --output, --timeout. Example with real weights on a GPU:
+`python -m soft_biometrics_ros.tools.demo --backbone PE-Core-L-14-336 --device cuda`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+DEMO_IMAGE_TOPIC = '/soft_biometrics_demo/image'
+FALLBACK_BACKBONE = 'PE-Core-T-16-384'
+WITH_WEIGHTS_BACKBONE = 'PE-Core-B-16'
+BANNER_WIDTH = 78
+
+
+@dataclass
+class ModelChoice:
+    """What the demo runs: node parameters and whether the weights are random."""
+
+    checkpoint: str
+    backbone: str
+    pretrained: str
+    untrained: bool
+    note: str
+
+
+def banner(lines: List[str], char: str = '!') -> str:
+    """Return `lines` framed by a box of `char`, to be impossible to miss."""
+    rule = char * BANNER_WIDTH
+    body = [f'{char}{char} {line:<{BANNER_WIDTH - 6}} {char}{char}' for line in lines]
+    return '\n'.join([rule, *body, rule])
+
+
+def choose_model(args) -> ModelChoice:
+    """Decide checkpoint / backbone / weights: real ones when they can be had.
+
+    A checkpoint directory or weights file that does not exist stops the demo here
+    (SystemExit naming it), before any node is started.
+    """
+    checkpoint = args.checkpoint
+    origin = '--checkpoint'
+    if not checkpoint:
+        checkpoint = os.environ.get('SOFT_BIOMETRICS_CHECKPOINT', '')
+        origin = '$SOFT_BIOMETRICS_CHECKPOINT'
+    if checkpoint:
+        if not Path(checkpoint).expanduser().is_dir():
+            raise SystemExit(f'checkpoint directory {checkpoint} ({origin}) does not exist')
+        return ModelChoice(checkpoint, args.backbone or '', args.pretrained or '', False,
+                           f'trained checkpoint {checkpoint}')
+    weights = args.pretrained
+    origin = '--pretrained'
+    if not weights:
+        weights = os.environ.get('SOFT_BIOMETRICS_WEIGHTS', '')
+        origin = '$SOFT_BIOMETRICS_WEIGHTS'
+    if weights == 'none':
+        backbone = args.backbone or FALLBACK_BACKBONE
+        return ModelChoice('', backbone, 'none', True, 'random weights (asked for)')
+    if weights and weights != 'meta':
+        from soft_biometrics_ros.models.backbone import backbone_from_weights_path
+        if not Path(weights).expanduser().is_file():
+            raise SystemExit(f'weights file {weights} ({origin}) does not exist')
+        # The node makes the same guess from the file name when backbone is empty.
+        backbone = args.backbone or backbone_from_weights_path(weights)
+        if backbone is None:
+            raise SystemExit(f'cannot tell which PE-Core architecture {weights} holds from '
+                             'its name; pass --backbone (e.g. --backbone PE-Core-B-16)')
+        return ModelChoice('', backbone, str(Path(weights).expanduser()), False,
+                           f'PE-Core weights from {weights}')
+    from soft_biometrics_ros.models.backbone import resolve_weights
+    backbone = args.backbone or WITH_WEIGHTS_BACKBONE
+    try:
+        path = resolve_weights(backbone, 'meta')
+        return ModelChoice('', backbone, str(path), False, f"Meta's {backbone} weights ({path})")
+    except Exception as error:  # offline, not cached, hub errors
+        backbone = args.backbone or FALLBACK_BACKBONE
+        return ModelChoice('', backbone, 'none', True, f'no real weights: {error}')
+
+
+def node_command(choice: ModelChoice, args) -> List[str]:
+    """Return the command line that starts the real node for the demo."""
+    command = [sys.executable, '-m', 'soft_biometrics_ros.ros.node', '--ros-args',
+               '-p', 'autostart:=true', '-p', f'device:={args.device}',
+               '-p', 'max_rate:=0.0', '-r', f'image:={DEMO_IMAGE_TOPIC}']
+    for name in ('checkpoint', 'backbone', 'pretrained'):
+        value = getattr(choice, name)
+        if value:  # empty: the node's default (the checkpoint's own)
+            command += ['-p', f'{name}:={value}']
+    return command
+
+
+def format_face_rows(estimates) -> List[str]:
+    """Table rows (one per face) for a frame's estimates."""
+    rows = []
+    for e in sorted(estimates, key=lambda e: e.face_id or ''):
+        rows.append(f'  {e.face_id or "-":<10} {e.age.label:>5} ({e.age_years:4.1f} y) '
+                    f'{e.age.confidence:4.2f}   {e.gender.label:<6} {e.gender.confidence:4.2f}'
+                    f'   {e.emotion.label:<9} {e.emotion.confidence:4.2f}   '
+                    f'{e.detection_score:4.2f}')
+    return rows
+
+
+TABLE_HEADER = ('  face id    age group (years) conf   gender conf   emotion   conf   '
+                'detection')
+
+
+class DemoClient:
+    """The demo's own ROS node: publishes frames, collects answers and diagnostics."""
+
+    def __init__(self):
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import QoSProfile, qos_profile_sensor_data
+        from sensor_msgs.msg import Image
+        from soft_biometrics_msgs.msg import FaceAttributesArray
+
+        self.rclpy = rclpy
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node('soft_biometrics_demo', context=self.context)
+        self.answers: Dict[Tuple[int, int], Tuple[object, float]] = {}
+        self.diagnostics = None
+        self.lock = threading.Lock()
+        self.publisher = self.node.create_publisher(Image, DEMO_IMAGE_TOPIC,
+                                                    qos_profile_sensor_data)
+        self.node.create_subscription(FaceAttributesArray, '/soft_biometrics/faces',
+                                      self._on_faces, QoSProfile(depth=20))
+        self.node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics,
+                                      QoSProfile(depth=5))
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+
+    def _on_faces(self, msg) -> None:
+        key = (msg.header.stamp.sec, msg.header.stamp.nanosec)
+        with self.lock:
+            self.answers[key] = (msg, time.monotonic())
+
+    def _on_diagnostics(self, msg) -> None:
+        for status in msg.status:
+            if status.name.startswith('soft_biometrics'):
+                self.diagnostics = status
+
+    def configure_error(self) -> Optional[str]:
+        """Return the node's error once its /diagnostics say configure failed, else None."""
+        from diagnostic_msgs.msg import DiagnosticStatus
+        status = self.diagnostics
+        if status is None or status.level != DiagnosticStatus.ERROR:
+            return None
+        state = {kv.key: kv.value for kv in status.values}.get('state')
+        return status.message if state == 'unconfigured' else None
+
+    def subscribed(self) -> bool:
+        """Return True once the node's image subscription is matched (it is active)."""
+        return self.publisher.get_subscription_count() > 0
+
+    def close(self) -> None:
+        """Stop spinning and shut the demo's ROS context down."""
+        self.executor.shutdown()
+        self.node.destroy_node()
+        self.rclpy.shutdown(context=self.context)
+        self.thread.join(5)
+
+
+def wait_for_node(client: DemoClient, process: subprocess.Popen, timeout: float
+                  ) -> Optional[str]:
+    """Wait (with a progress bar) until the node subscribes; return None then.
+
+    Otherwise return why not, as soon as it is known: the node exited, its configure
+    failed (it stays up, unconfigured, so waiting longer would not help), or the
+    timeout passed.
+    """
+    from tqdm import tqdm
+    started = time.monotonic()
+    with tqdm(total=int(timeout), desc='loading and warming up the model', unit='s',
+              bar_format='{desc}: {n_fmt} s (limit {total_fmt} s)', leave=False,
+              disable=None, mininterval=1.0) as bar:
+        while time.monotonic() - started < timeout:
+            if process.poll() is not None:
+                return f'the node exited (code {process.returncode}) before it came up'
+            if client.subscribed():
+                return None
+            error = client.configure_error()
+            if error is not None:
+                return f'the node failed to configure: {error}'
+            time.sleep(0.25)
+            elapsed = int(time.monotonic() - started)
+            if elapsed > bar.n:
+                bar.update(elapsed - bar.n)
+    return f'the node did not come up within {timeout:.0f} s'
+
+
+def stop_node(process: subprocess.Popen) -> int:
+    """Stop the node with SIGINT and return its exit code."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
+def parse_args(argv=None):
+    """Command line of the demo."""
+    parser = argparse.ArgumentParser(
+        prog='python -m soft_biometrics_ros.tools.demo',
+        description='Start the soft_biometrics node, feed it the bundled sample frames and '
+                    'stream its answers.')
+    parser.add_argument('--backbone', default='',
+                        help=f'PE-Core architecture (default: {WITH_WEIGHTS_BACKBONE} when its '
+                             f'weights can be had, else {FALLBACK_BACKBONE} with random '
+                             'weights)')
+    parser.add_argument('--pretrained', default='',
+                        help="'meta' (open_clip hub tag), a local weights file, or 'none'; "
+                             'default: $SOFT_BIOMETRICS_WEIGHTS, else meta if available')
+    parser.add_argument('--checkpoint', default='',
+                        help='trained checkpoint directory (default: '
+                             '$SOFT_BIOMETRICS_CHECKPOINT, else zero-shot)')
+    parser.add_argument('--device', default='cpu', help='cpu, cuda, cuda:N or auto')
+    parser.add_argument('--frames', type=int, default=12, help='sample frames to publish')
+    parser.add_argument('--output', default='demo_output',
+                        help='folder for annotated frames and the node log')
+    parser.add_argument('--timeout', type=float, default=300.0,
+                        help='seconds to wait for the node to load its model')
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    """Run the demo; return 0 when every frame was answered."""
+    args = parse_args(argv)
+    if args.frames < 1:
+        raise SystemExit('--frames must be >= 1')
+    from soft_biometrics_ros.ros.node import use_large_frames_profile
+
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    for old in output.glob('frame_*.jpg'):
+        old.unlink()
+    # A private domain keeps the demo off other robots' graphs; discovery stays local.
+    os.environ.setdefault('ROS_DOMAIN_ID', str(random.SystemRandom().randint(101, 200)))
+    os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+    use_large_frames_profile()
+
+    choice = choose_model(args)
+    if choice.untrained:
+        print(banner(['UNTRAINED MODEL: RANDOM WEIGHTS', '',
+                      f'{choice.backbone} runs with random weights ({choice.note[:60]}).',
+                      'Faces are found for real (MTCNN), but age, gender and emotion',
+                      'answers are MEANINGLESS. For real answers pass --pretrained FILE',
+                      '(PE-Core weights), set SOFT_BIOMETRICS_WEIGHTS, run once with',
+                      'internet (--pretrained meta), or pass --checkpoint DIR.']), flush=True)
+    else:
+        print(f'model: {choice.note}', flush=True)
+
+    log_path = output / 'node.log'
+    command = node_command(choice, args)
+    print(f'starting the node (ROS_DOMAIN_ID={os.environ["ROS_DOMAIN_ID"]}, device '
+          f'{args.device}, log {log_path})', flush=True)
+    with open(log_path, 'w') as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                   env=dict(os.environ, PYTHONUNBUFFERED='1'))
+    client = DemoClient()
+    try:
+        return run_frames(client, process, choice, args, output, log_path)
+    finally:
+        client.close()
+        code = stop_node(process)
+        if code not in (0, None):
+            print(f'node exited with code {code}; see {log_path}')
+
+
+def run_frames(client, process, choice, args, output, log_path) -> int:
+    """Publish the sample frames one at a time and print/save every answer."""
+    import cv2
+
+    from soft_biometrics_ros.runtime.drawing import draw_estimates
+    from soft_biometrics_ros.ros.image_conversion import bgr_to_imgmsg
+    from soft_biometrics_ros.ros.messages import msg_to_estimates
+    from soft_biometrics_ros.sample_data import panning_frames
+
+    started = time.monotonic()
+    print('waiting for the node to load and warm up its model ...', flush=True)
+    failure = wait_for_node(client, process, args.timeout)
+    if failure is not None:
+        tail = log_path.read_text()[-2500:]
+        print(f'{failure}\nIts log ({log_path}):\n{tail}', flush=True)
+        return 1
+    print(f'node active after {time.monotonic() - started:.1f} s; publishing '
+          f'{args.frames} sample frames\n', flush=True)
+    frames = panning_frames(num_frames=args.frames)
+    latencies, ids, answered, faces_seen = [], set(), 0, 0
+    print(TABLE_HEADER)
+    for index, frame in enumerate(frames):
+        stamp = (1, index * 10_000_000)
+        msg = bgr_to_imgmsg(frame.image)
+        msg.header.frame_id = 'demo_camera'
+        msg.header.stamp.sec, msg.header.stamp.nanosec = stamp
+        sent = time.monotonic()
+        answer = None
+        for _ in range(3):  # best-effort QoS: resend if the frame got lost on the way
+            client.publisher.publish(msg)
+            deadline = time.monotonic() + 10.0
+            while time.monotonic() < deadline and stamp not in client.answers:
+                time.sleep(0.01)
+            if stamp in client.answers:
+                answer = client.answers[stamp]
+                break
+            if process.poll() is not None:
+                break
+        if answer is None:
+            print(f'frame {index + 1:2d}/{len(frames)}: no answer')
+            continue
+        faces_msg, received = answer
+        latency_ms = (received - sent) * 1e3
+        latencies.append(latency_ms)
+        answered += 1
+        estimates = msg_to_estimates(faces_msg)
+        faces_seen += len(estimates)
+        ids.update(e.face_id for e in estimates)
+        print(f'frame {index + 1:2d}/{len(frames)}  {len(estimates)} face(s)  answer after '
+              f'{latency_ms:.0f} ms')
+        for row in format_face_rows(estimates):
+            print(row)
+        annotated = draw_estimates(frame.image, estimates)
+        if choice.untrained:
+            cv2.putText(annotated, 'UNTRAINED: random weights, labels meaningless', (8, 22),
+                        cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 255), 2, cv2.LINE_AA)
+        cv2.imwrite(str(output / f'frame_{index:03d}.jpg'), annotated)
+        sys.stdout.flush()
+    time.sleep(1.2)  # one more /diagnostics message from the node
+    print_summary(client, choice, frames, answered, faces_seen, ids, latencies, output)
+    return 0 if answered == len(frames) else 1
+
+
+def print_summary(client, choice, frames, answered, faces_seen, ids, latencies, output):
+    """Print what happened: frames, faces, ids, latencies, the node's diagnostics."""
+    print('\nsummary')
+    print(f'  frames answered   {answered}/{len(frames)}, {faces_seen} faces, '
+          f'{len(ids)} face id(s): {", ".join(sorted(i for i in ids if i))}')
+    if latencies:
+        print(f'  answer latency    mean {sum(latencies) / len(latencies):.0f} ms, '
+              f'max {max(latencies):.0f} ms')
+    if client.diagnostics is not None:
+        values = {kv.key: kv.value for kv in client.diagnostics.values}
+        for key in ('device', 'backbone', 'frames processed', 'frames dropped', 'bad frames',
+                    'latency detect (ms)', 'latency classify (ms)', 'latency total (ms)'):
+            if key in values:
+                print(f'  {key:<22}{values[key]}')
+    print(f'  annotated frames  {output}/frame_*.jpg')
+    if choice.untrained:
+        print(banner(['REMINDER: random weights. The labels above are MEANINGLESS;',
+                      'only detection, tracking and the ROS plumbing were real.']))
+
+
+if __name__ == '__main__':
+    sys.exit(main())
