@@ -61,7 +61,7 @@ def test_node_action_matches_the_package():
     assert ast.literal_eval(keywords['name']) == 'soft_biometrics'
     executable = ast.literal_eval(keywords['executable'])
     setup_py = (REPO_ROOT / 'setup.py').read_text()
-    assert re.search(rf"'{executable} = soft_biometrics_ros\.node:main'", setup_py)
+    assert re.search(rf"'{executable} = soft_biometrics_ros\.ros\.node:main'", setup_py)
     # every launch argument is used: through LaunchConfiguration, or as a node parameter
     module = load_module()
     used = {ast.literal_eval(n.args[0]) for n in ast.walk(tree) if isinstance(n, ast.Call)
