@@ -128,7 +128,7 @@ fi
 
 # --- 1. the CUDA tests -------------------------------------------------------------------
 CUDA_TEST_FILES=()
-for file in test/test_*.py; do
+for file in test/test_*.py test/*/test_*.py; do
   if grep -q 'pytest.mark.cuda' "$file"; then
     if [ -n "$ROS_NOTE" ] && grep -qE '^(import rclpy|from rclpy|import sensor_msgs|from (sensor_msgs|soft_biometrics_msgs|diagnostic_msgs))' "$file"; then
       say "skipping $file: it imports ROS 2 at module level"

@@ -198,7 +198,8 @@ def user_error_types() -> Tuple[Type[BaseException], ...]:
     types: List[Type[BaseException]] = [ConfigError, CommandUnavailable]
     for module_name, names in (('training.datasets.common', ('DatasetError',)),
                                ('soft_biometrics_ros.models.backbone', ('BackboneError',)),
-                               ('soft_biometrics_ros.checkpoint', ('CheckpointError',))):
+                               ('soft_biometrics_ros.models.checkpoint', ('CheckpointError',)),
+                               ('soft_biometrics_ros.settings', ('SettingError',))):
         module = sys.modules.get(module_name)
         types.extend(getattr(module, n) for n in names if hasattr(module, n))
     return tuple(types)

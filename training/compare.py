@@ -206,16 +206,12 @@ def evaluate_or_collect(method_cfg, checkpoint: Path) -> dict:
 
 
 def deployable_classifier(method_cfg, checkpoint: Path):
-    """Load a checkpoint as the node does and merge its adapters where possible."""
-    from soft_biometrics_ros.models.adapters import merge_for_inference
-    from soft_biometrics_ros.models.classifier import build_classifier
-    classifier = build_classifier(checkpoint=str(checkpoint), backbone=None,
-                                  pretrained=method_cfg.model.pretrained,
-                                  device=method_cfg.train.device,
-                                  precision=method_cfg.train.precision)
-    if getattr(classifier, 'method_name', None) is not None:
-        merge_for_inference(classifier)
-    return classifier
+    """Load a checkpoint as the node does (the factory merges its adapters)."""
+    from soft_biometrics_ros.models.factory import create_classifier
+    return create_classifier(checkpoint=str(checkpoint), backbone=None,
+                             pretrained=method_cfg.model.pretrained,
+                             device=method_cfg.train.device,
+                             precision=method_cfg.train.precision)
 
 
 def table_row(method: str, evaluation: dict, parameters: dict, cost: dict) -> dict:
@@ -343,12 +339,12 @@ def run(cfg, include_zero_shot: bool = True, latency_batch: int = 8,
         rows.append(table_row(method, result, summary['parameters'], cost))
         del classifier
     if include_zero_shot:
-        from soft_biometrics_ros.models.classifier import build_classifier
+        from soft_biometrics_ros.models.factory import create_classifier
         zero_dir = out / ZERO_SHOT
         result = evaluation.run_zero_shot(cfg, output_dir=str(zero_dir))
-        classifier = build_classifier(checkpoint=None, backbone=cfg.model.backbone,
-                                      pretrained=cfg.model.pretrained, device=cfg.train.device,
-                                      precision=cfg.train.precision)
+        classifier = create_classifier(checkpoint=None, backbone=cfg.model.backbone,
+                                       pretrained=cfg.model.pretrained, device=cfg.train.device,
+                                       precision=cfg.train.precision)
         cost = inference_cost(classifier, latency_batch, latency_repeats)
         notes.update(cost['flop_notes'])
         devices.add(cost['device'])

@@ -1,7 +1,7 @@
 """Evaluation of a trained checkpoint or of the zero-shot baseline on the configured data.
 
 `python -m training evaluate --config FILE --checkpoint DIR` loads DIR with
-soft_biometrics_ros.models.classifier.build_classifier (exactly as the node does), runs it on
+soft_biometrics_ros.models.classifier.create_classifier (exactly as the node does), runs it on
 the `eval.split` split of the configured data sets (the checkpoint's own
 preprocessing), and writes to `output_dir`:
 
@@ -233,14 +233,14 @@ def evaluate_classifier(cfg, classifier, output_dir: Path, title: str, info: dic
 
 def run(cfg, checkpoint: str, output_dir: Optional[str] = None) -> dict:
     """Entry point of `python -m training evaluate`: checkpoint DIR -> metrics files."""
-    from soft_biometrics_ros.models.classifier import build_classifier
+    from soft_biometrics_ros.models.factory import create_classifier
     checkpoint = str(checkpoint)
     if not Path(checkpoint).is_dir():
         raise FileNotFoundError(f'--checkpoint {checkpoint} is not a folder (expected e.g. '
                                 f'{Path(cfg.output_dir) / "checkpoints" / "best"})')
-    classifier = build_classifier(checkpoint=checkpoint, backbone=None,
-                                  pretrained=cfg.model.pretrained, device=cfg.train.device,
-                                  precision=cfg.train.precision)
+    classifier = create_classifier(checkpoint=checkpoint, backbone=None,
+                                   pretrained=cfg.model.pretrained, device=cfg.train.device,
+                                   precision=cfg.train.precision)
     method = getattr(classifier, 'method_name', None) or 'checkpoint'
     info = {'method': method, 'checkpoint': checkpoint, 'backbone': classifier.backbone_name}
     return evaluate_classifier(cfg, classifier, Path(output_dir or cfg.output_dir),
@@ -249,10 +249,10 @@ def run(cfg, checkpoint: str, output_dir: Optional[str] = None) -> dict:
 
 def run_zero_shot(cfg, output_dir: Optional[str] = None) -> dict:
     """Entry point of `python -m training zero-shot`: the CLIP baseline -> metrics files."""
-    from soft_biometrics_ros.models.classifier import build_classifier
-    classifier = build_classifier(checkpoint=None, backbone=cfg.model.backbone,
-                                  pretrained=cfg.model.pretrained, device=cfg.train.device,
-                                  precision=cfg.train.precision)
+    from soft_biometrics_ros.models.factory import create_classifier
+    classifier = create_classifier(checkpoint=None, backbone=cfg.model.backbone,
+                                   pretrained=cfg.model.pretrained, device=cfg.train.device,
+                                   precision=cfg.train.precision)
     info = {'method': 'zero_shot', 'checkpoint': None, 'backbone': classifier.backbone_name,
             'pretrained': cfg.model.pretrained}
     out = Path(output_dir) if output_dir else Path(cfg.output_dir) / 'zero_shot'

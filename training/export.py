@@ -4,11 +4,11 @@
 
 1. loads DIR (a checkpoint of `train`, e.g. output_dir/checkpoints/best) on the CPU;
 2. folds the method's adapters into the base weights where the method can
-   (soft_biometrics_ros.models.adapters.merge_for_inference: LoRA, DoRA and LoRA+ merge
+   (MultitaskModel.merge_adapters: LoRA, DoRA and LoRA+ merge
    completely, MTLoRA its task-agnostic part; linear_probe and partial have nothing
    to merge), so the node runs plain linears;
 3. writes OUT atomically in the same checkpoint format, self-contained (every weight
-   stored, so the node needs no pretrained weights file: build_classifier(checkpoint=OUT)
+   stored, so the node needs no pretrained weights file: create_classifier(checkpoint=OUT)
    loads it; the `checkpoint` parameter of the node, soft_biometrics_predict);
 4. checks that OUT, loaded the way the node loads it, gives the same probabilities as
    DIR on a fixed probe batch (max abs difference <= `tolerance`), and writes the
@@ -50,9 +50,8 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path,
                       pretrained: Optional[str] = None,
                       tolerance: float = DEFAULT_TOLERANCE) -> dict:
     """Merge and write `checkpoint` to `output`; return the export report (see module doc)."""
-    from soft_biometrics_ros.models.adapters import merge_for_inference
     from soft_biometrics_ros.models.checkpoint import load_checkpoint, save_checkpoint
-    from soft_biometrics_ros.models.classifier import build_classifier
+    from soft_biometrics_ros.models.factory import create_classifier
 
     checkpoint, output = Path(checkpoint), Path(output)
     if not checkpoint.is_dir():
@@ -68,7 +67,7 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path,
     probe = probe_batch(model.input_size)
     before = model.predict_proba(probe)
     parameters_before = sum(p.numel() for p in model.parameters())
-    merged = merge_for_inference(model) if getattr(model, 'method_name', None) else []
+    merged = model.merge_adapters()
     merged_layers = sorted({name.rsplit('.', 1)[0] for name in merged})
 
     temporary = output.with_name(f'.{output.name}.tmp')
@@ -76,8 +75,8 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path,
         shutil.rmtree(temporary)
     save_checkpoint(model, temporary, include_backbone=True)
     # Loaded as the node loads it: no pretrained weights source needed.
-    reloaded = build_classifier(checkpoint=str(temporary), backbone=None, pretrained='none',
-                                device='cpu', precision='fp32')
+    reloaded = create_classifier(checkpoint=str(temporary), backbone=None, pretrained='none',
+                                 device='cpu', precision='fp32')
     after = reloaded.predict_proba(probe)
     differences = max_probability_difference(before, after)
     worst = max(differences.values())

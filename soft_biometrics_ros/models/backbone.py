@@ -46,6 +46,11 @@ PE_CORE_PREFIX = 'PE-Core-'
 NO_WEIGHTS = 'none'
 DEFAULT_TAG = 'meta'
 WEIGHT_FILE_SUFFIXES = ('.safetensors', '.pt', '.pth', '.bin')
+# The zero-shot architecture a robot runs when nothing else is said (with Meta's weights).
+DEFAULT_BACKBONE = 'PE-Core-B-16'
+# The architecture of runs on random weights (tests, offline plumbing, the tools'
+# defaults, which must run anywhere): the smallest, so that they are fast.
+OFFLINE_BACKBONE = 'PE-Core-T-16-384'
 
 
 class BackboneError(ValueError):
@@ -535,7 +540,7 @@ def _build_vision_tower(name: str, image_size: Optional[int]) -> nn.Module:
     return visual
 
 
-def load_pe_core(name: str = 'PE-Core-T-16-384', pretrained: Optional[str] = NO_WEIGHTS,
+def load_pe_core(name: str = OFFLINE_BACKBONE, pretrained: Optional[str] = NO_WEIGHTS,
                  device: Union[str, torch.device] = 'cpu', vision_only: bool = False,
                  cache_dir: Optional[str] = None, image_size: Optional[int] = None,
                  announce_untrained: bool = True) -> PECore:
@@ -584,7 +589,7 @@ def load_pe_core(name: str = 'PE-Core-T-16-384', pretrained: Optional[str] = NO_
                   embed_dim=embed_dim, parameter_counts=counts, fingerprint=fingerprint)
 
 
-def load_vision_tower(name: str = 'PE-Core-T-16-384', pretrained: Optional[str] = NO_WEIGHTS,
+def load_vision_tower(name: str = OFFLINE_BACKBONE, pretrained: Optional[str] = NO_WEIGHTS,
                       device: Union[str, torch.device] = 'cpu',
                       cache_dir: Optional[str] = None,
                       image_size: Optional[int] = None,
@@ -594,7 +599,7 @@ def load_vision_tower(name: str = 'PE-Core-T-16-384', pretrained: Optional[str] 
                         image_size=image_size, announce_untrained=announce_untrained)
 
 
-def load_clip(name: str = 'PE-Core-T-16-384', pretrained: Optional[str] = NO_WEIGHTS,
+def load_clip(name: str = OFFLINE_BACKBONE, pretrained: Optional[str] = NO_WEIGHTS,
               device: Union[str, torch.device] = 'cpu',
               cache_dir: Optional[str] = None) -> PECore:
     """Build the full PE-Core CLIP model (vision and text towers), for zero-shot use."""

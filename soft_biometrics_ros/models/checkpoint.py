@@ -36,7 +36,11 @@ import torch
 
 import soft_biometrics_ros
 from soft_biometrics_ros import labels
-from soft_biometrics_ros.models.backbone import NO_WEIGHTS, BackboneError, load_vision_tower
+from soft_biometrics_ros.models.adapters import apply_method, config_to_dict
+from soft_biometrics_ros.models.backbone import (NO_WEIGHTS, BackboneError, load_vision_tower,
+                                                 preprocess_config)
+from soft_biometrics_ros.models.heads import HeadConfig
+from soft_biometrics_ros.models.multitask import MultitaskModel
 
 logger = logging.getLogger(__name__)
 
@@ -94,9 +98,6 @@ def save_checkpoint(model, directory: Union[str, Path], training: Optional[dict]
     that is not a checkpoint is never overwritten.
     """
     from safetensors.torch import save_file
-
-    from soft_biometrics_ros.models.adapters import config_to_dict
-    from soft_biometrics_ros.models.multitask import MultitaskModel
 
     if not isinstance(model, MultitaskModel):
         raise TypeError(f'save_checkpoint takes a MultitaskModel, got {type(model).__name__}')
@@ -165,12 +166,25 @@ def save_checkpoint(model, directory: Union[str, Path], training: Optional[dict]
 _INNER_CHECKPOINTS = ('checkpoints/best', 'best', 'export', 'checkpoints/last', 'last')
 
 
+def folder_problem(path: Path) -> Optional[str]:
+    """Return None when `path` is a folder, else what it is instead.
+
+    'does not exist', or 'is a file, not a folder: a checkpoint is a folder holding
+    manifest.json and weights.safetensors' (callers put the path in front).
+    """
+    if path.is_dir():
+        return None
+    if not path.exists():
+        return 'does not exist'
+    kind = 'file' if path.is_file() else 'special file'
+    return (f'is a {kind}, not a folder: a checkpoint is a folder holding {MANIFEST_FILE} '
+            f'and {WEIGHTS_FILE}')
+
+
 def _not_a_checkpoint(directory: Path) -> CheckpointError:
-    if not directory.exists():
-        return CheckpointError(f'checkpoint folder {directory} does not exist')
-    if not directory.is_dir():
-        return CheckpointError(f'{directory} is not a checkpoint: checkpoints are folders '
-                               f'(with {MANIFEST_FILE} and {WEIGHTS_FILE})')
+    problem = folder_problem(directory)
+    if problem:
+        return CheckpointError(f'checkpoint folder {directory} {problem}')
     inner = [directory / name for name in _INNER_CHECKPOINTS
              if (directory / name / MANIFEST_FILE).is_file()]
     hint = ''
@@ -263,10 +277,6 @@ def load_checkpoint(directory: Union[str, Path], backbone: Optional[str] = None,
     the checkpoint does not store them; None or '' takes the source in the manifest. The
     weights must be the ones the checkpoint was trained on (fingerprint check).
     """
-    from soft_biometrics_ros.models.adapters import apply_method, merge_for_inference
-    from soft_biometrics_ros.models.heads import HeadConfig
-    from soft_biometrics_ros.models.multitask import MultitaskModel
-
     directory = Path(directory)
     manifest = read_manifest(directory)
     try:
@@ -292,7 +302,6 @@ def load_checkpoint(directory: Union[str, Path], backbone: Optional[str] = None,
                 f'weights), or export a self-contained checkpoint')
     weights = _read_weights(directory, manifest)  # corrupt files fail before any build
 
-    from soft_biometrics_ros.models.backbone import preprocess_config
     default_size = preprocess_config(manifest['backbone']).size
     image_size = manifest['input_size'] if manifest['input_size'] != default_size else None
     try:
@@ -317,8 +326,8 @@ def load_checkpoint(directory: Union[str, Path], backbone: Optional[str] = None,
     method = manifest['method']
     if method is not None:
         apply_method(model, method['name'], method['config'])
-        if method.get('merged'):
-            merge_for_inference(model)
+        if method.get('merged'):  # stored merged: the tensors are the merged weights
+            model.merge_adapters()
     _check_tensors(model, weights, stored, directory)
     model.load_state_dict(weights, strict=stored)
     model.checkpoint_manifest = manifest

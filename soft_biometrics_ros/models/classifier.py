@@ -1,12 +1,9 @@
-"""The face classifier interface the pipeline and node use, and the one function that builds it.
+"""The face classifier interface the pipeline and node use.
 
 `FaceClassifier` is the torch.nn.Module base shared by the adapted multitask model
-(`model.MultitaskModel`) and the zero-shot CLIP classifier
+(`multitask.MultitaskModel`) and the zero-shot CLIP classifier
 (`zero_shot.ZeroShotClassifier`): face crops in, per-task class probabilities out, in the
-label schema's class order.
-
-`build_classifier(checkpoint=None, ...)` returns the zero-shot classifier when no
-checkpoint is given and the adapted multitask model of a checkpoint directory otherwise.
+label schema's class order. `factory.create_classifier` builds the one a caller asks for.
 """
 
 from __future__ import annotations
@@ -14,15 +11,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import warnings
-from typing import Dict, Mapping, Optional, Sequence, Union
+from typing import Dict, List, Sequence, Union
 
 import numpy as np
 import torch
 from torch import nn
 
 from soft_biometrics_ros import labels
+from soft_biometrics_ros.device import PRECISION_NAMES, resolve_precision
 from soft_biometrics_ros.models.backbone import PreprocessConfig, preprocess_images
-from soft_biometrics_ros.device import PRECISION_NAMES, resolve_device, resolve_precision
 
 logger = logging.getLogger(__name__)
 
@@ -76,13 +73,28 @@ class FaceClassifier(nn.Module):
                 f'{self.backbone_name}: this classifier was quantized to int8 in place and '
                 f'cannot run in {precision}; build the classifier again')
         if dtype == torch.qint8 and not self.quantized:
-            merge_adapters(self)  # peft's unmerged adapter layers cannot run quantized
+            if self.has_unmerged_adapters:  # peft's adapter layers cannot run quantized
+                raise ValueError(
+                    f'{self.backbone_name}: merge the adapters before quantizing to int8 '
+                    f'(.merge_adapters(); factory.create_classifier does)')
             quantize_linear_int8(self)
             self.quantized = True
             logger.info('%s: Linear layers quantized to int8 (dynamic, CPU)',
                         self.backbone_name)
         self.compute_dtype = dtype
         return self.compute_dtype
+
+    @property
+    def has_unmerged_adapters(self) -> bool:
+        """Whether adapter layers still run beside the base weights (see merge_adapters)."""
+        return False
+
+    def merge_adapters(self) -> List[str]:
+        """Fold adaptation adapters into the weights for inference; return what changed.
+
+        Only adapted models have any (MultitaskModel); the base class has none.
+        """
+        return []
 
     def preprocess(self, crops: Sequence[np.ndarray]) -> torch.Tensor:
         """Turn HxWx3 uint8 RGB crops into the input batch (N, 3, S, S) on `device`.
@@ -133,19 +145,6 @@ class FaceClassifier(nn.Module):
         return {t: p.numpy() for t, p in self.predict_proba(self.preprocess(crops)).items()}
 
 
-def merge_adapters(model: nn.Module) -> bool:
-    """Fold an adapted model's LoRA/DoRA/LoRA+/MTLoRA adapters into its weights, in place.
-
-    What inference wants: the same outputs up to rounding, without the adapter matmuls
-    (DoRA also recomputes a weight norm every forward when unmerged). Returns True when
-    something was merged; models without an adaptation method are left alone.
-    """
-    if getattr(model, 'method_name', None) is None or getattr(model, 'merged', False):
-        return False
-    from soft_biometrics_ros.models.adapters import merge_for_inference
-    return bool(merge_for_inference(model))
-
-
 def quantize_linear_int8(module: nn.Module) -> nn.Module:
     """Replace every nn.Linear of `module` (on the CPU) by a dynamic int8 one, in place.
 
@@ -168,49 +167,3 @@ def quantize_linear_int8(module: nn.Module) -> nn.Module:
         from torch.ao.quantization import quantize_dynamic
         quantize_dynamic(module, {nn.Linear}, dtype=torch.qint8, inplace=True)
     return module
-
-
-def build_classifier(checkpoint: Optional[str] = None,
-                     backbone: Optional[str] = 'PE-Core-T-16-384',
-                     pretrained: Optional[str] = 'none', device: str = 'cuda',
-                     precision: str = 'fp32',
-                     prompts: Union[None, str, Mapping] = None,
-                     cache_dir: Optional[str] = None) -> FaceClassifier:
-    """Build the face classifier the pipeline runs, in eval mode on the resolved device.
-
-    checkpoint: None or '' -> zero-shot PE-Core CLIP classifier (`backbone`, `pretrained`,
-    `prompts`: None for the shipped config/zero_shot_prompts.yaml, a YAML path, or a
-    mapping). A checkpoint directory -> the adapted multitask model it holds, with its
-    adapters merged into the weights (same outputs up to rounding, faster);
-    `backbone` must then match the checkpoint's (None or '' takes the checkpoint's),
-    and `pretrained` gives the backbone weights when the checkpoint does not store them
-    (None or '' takes the source recorded in the checkpoint).
-    device: 'cuda' falls back to the CPU with a warning when CUDA is absent.
-    precision: 'fp32', 'fp16' or 'bf16' (autocast, CUDA only), or 'int8' (dynamic int8
-    quantization of the Linear layers, CPU only).
-    cache_dir: hub cache directory for downloaded weights (zero-shot: also where text
-    embeddings are cached).
-    """
-    resolved = resolve_device(device)
-    if checkpoint:
-        from soft_biometrics_ros.models.checkpoint import load_checkpoint
-        if prompts is not None:
-            logger.warning('prompts are used by the zero-shot classifier only; ignored with '
-                           'checkpoint %s', checkpoint)
-        classifier: FaceClassifier = load_checkpoint(
-            checkpoint, backbone=backbone or None, pretrained=pretrained, device=resolved,
-            cache_dir=cache_dir)
-        if merge_adapters(classifier):
-            logger.info('%s adapters of %s merged into the weights for inference',
-                        classifier.method_name, checkpoint)
-    else:
-        from soft_biometrics_ros.models.zero_shot import build_zero_shot_classifier
-        classifier = build_zero_shot_classifier(
-            backbone=backbone or 'PE-Core-T-16-384', pretrained=pretrained, prompts=prompts,
-            device=resolved, cache_dir=cache_dir)
-    classifier.eval()
-    classifier.set_precision(precision)
-    if classifier.untrained:
-        logger.warning('UNTRAINED classifier: %s with random weights; predictions are '
-                       'meaningless (tests and offline wiring only)', classifier.backbone_name)
-    return classifier

@@ -17,8 +17,10 @@ import torch
 from torch import nn
 
 from soft_biometrics_ros import labels
+from soft_biometrics_ros.models.adapters import apply_method, get_method, merge_for_inference
 from soft_biometrics_ros.models.backbone import (
-    NO_WEIGHTS, ParameterCounts, PreprocessConfig, count_parameters, load_vision_tower)
+    NO_WEIGHTS, OFFLINE_BACKBONE, ParameterCounts, PreprocessConfig, count_parameters,
+    load_vision_tower)
 from soft_biometrics_ros.models.classifier import FaceClassifier
 from soft_biometrics_ros.models.heads import HeadConfig, MultitaskHeads
 
@@ -61,6 +63,24 @@ class MultitaskModel(FaceClassifier):
         """Whether the vision tower started from random weights (pretrained='none')."""
         return self.pretrained == NO_WEIGHTS
 
+    @property
+    def has_unmerged_adapters(self) -> bool:
+        """Whether the adaptation method's adapters still run beside the base weights."""
+        return self.method_name is not None and not self.merged and \
+            get_method(self.method_name).merge is not None
+
+    def merge_adapters(self) -> List[str]:
+        """Fold LoRA/DoRA/LoRA+/MTLoRA adapters into the weights, in place (inference).
+
+        Same outputs up to rounding, without the adapter matmuls (DoRA also recomputes a
+        weight norm every forward when unmerged). Returns the names of the weights the
+        merge changed (empty, falsy, for models without adapters: linear probe, partial,
+        none); merging twice changes nothing.
+        """
+        if not self.has_unmerged_adapters:
+            return []
+        return merge_for_inference(self)
+
     def features(self, images: torch.Tensor) -> Union[torch.Tensor, Dict[str, torch.Tensor]]:
         """Pooled image embeddings: (N, E), or task -> (N, E) with per-task streams."""
         return self.visual(images)
@@ -79,7 +99,7 @@ class MultitaskModel(FaceClassifier):
         }
 
 
-def build_multitask_model(backbone: str = 'PE-Core-T-16-384',
+def build_multitask_model(backbone: str = OFFLINE_BACKBONE,
                           pretrained: Optional[str] = NO_WEIGHTS,
                           head_config: Union[HeadConfig, Mapping, None] = None,
                           method: Optional[str] = None, method_config=None,
@@ -104,6 +124,5 @@ def build_multitask_model(backbone: str = 'PE-Core-T-16-384',
         pretrained=pe_core.pretrained, backbone_fingerprint=pe_core.fingerprint,
         backbone_parameter_counts=pe_core.parameter_counts, untrained=True)
     if method is not None:
-        from soft_biometrics_ros.models.adapters import apply_method
         apply_method(model, method, method_config)
     return model.to(torch.device(device))

@@ -26,7 +26,7 @@ import yaml
 from tqdm import tqdm
 
 from soft_biometrics_ros import labels
-from soft_biometrics_ros.models.backbone import NO_WEIGHTS, PECore, load_clip
+from soft_biometrics_ros.models.backbone import NO_WEIGHTS, OFFLINE_BACKBONE, PECore, load_clip
 from soft_biometrics_ros.models.classifier import FaceClassifier
 
 logger = logging.getLogger(__name__)
@@ -227,7 +227,7 @@ class ZeroShotClassifier(FaceClassifier):
         tmp.replace(path)
 
 
-def build_zero_shot_classifier(backbone: str = 'PE-Core-T-16-384',
+def build_zero_shot_classifier(backbone: str = OFFLINE_BACKBONE,
                                pretrained: Optional[str] = NO_WEIGHTS,
                                prompts: Union[None, str, Path, Mapping] = None,
                                device: Union[str, torch.device] = 'cpu',

@@ -44,7 +44,8 @@ from typing import Any, Dict, Optional
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
-from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.exceptions import InvalidParameterValueException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import (HistoryPolicy, QoSProfile, ReliabilityPolicy,
@@ -56,17 +57,14 @@ from soft_biometrics_ros.ros.diagnostics import FrameStats, diagnostic_array, di
 from soft_biometrics_ros.ros.image_conversion import (ImageConversionError, bgr_to_imgmsg,
                                                       compressed_to_bgr, imgmsg_to_bgr)
 from soft_biometrics_ros.ros.parameters import (PARAMETERS, SPECS, check_parameter,
-                                                check_parameters, parameters_help,
-                                                resolve_model_source, unknown_parameter_problems)
+                                                check_parameters, descriptor, parameters_help,
+                                                settings_from, unknown_parameter_problems)
 from soft_biometrics_ros.ros.messages import estimates_to_msg
 from soft_biometrics_ros.runtime.frame_buffer import LatestFrameBuffer
+from soft_biometrics_ros.runtime.pipeline import Pipeline, PipelineConfig
 from soft_biometrics_ros.runtime.tracking import FaceTracker, TrackerConfig
 
 NODE_NAME = 'soft_biometrics'
-# Node parameters that set a TrackerConfig field: name -> (field, conversion).
-TRACKER_FIELDS = {'smoothing': ('smoothing', float),
-                  'max_missed_frames': ('max_missed', int),
-                  'max_track_age_s': ('max_age_s', float)}
 PROFILE_ENV = 'FASTDDS_DEFAULT_PROFILES_FILE'
 BAD_FRAME_LOG_PERIOD_S = 2.0
 
@@ -114,11 +112,11 @@ class SoftBiometricsNode(LifecycleNode):
 
     def __init__(self, **kwargs):
         super().__init__(NODE_NAME, **kwargs)
+        # Start values rclpy refuses (outside a declared range) fall back to the default;
+        # configure then fails naming them, and the node stays up.
+        self._rejected_start_values: Dict[str, str] = {}
         for spec in PARAMETERS:
-            # dynamic_typing: a YAML `max_rate: 5` (an int) must not crash the node at
-            # start; every value is checked by node_params with a clear message instead.
-            self.declare_parameter(spec.name, spec.default, ParameterDescriptor(
-                description=spec.description, dynamic_typing=True))
+            self._declare(spec)
         # Parameters given at start (params file, -p, parameter_overrides) that the node
         # does not have, e.g. misspelled ones: configure refuses to run with them.
         self._unknown_parameters = unknown_parameter_problems(
@@ -159,6 +157,17 @@ class SoftBiometricsNode(LifecycleNode):
 
     # ---- parameters ----
 
+    def _declare(self, spec) -> None:
+        try:
+            self.declare_parameter(spec.name, spec.default, descriptor(spec))
+        except InvalidParameterValueException:
+            override = getattr(self, '_parameter_overrides', {}).get(spec.name)
+            value = getattr(override, 'value', None)
+            self._rejected_start_values[spec.name] = check_parameter(spec.name, value) or (
+                f'parameter {spec.name} = {value!r} is outside its range')
+            self.declare_parameter(spec.name, spec.default, descriptor(spec),
+                                   ignore_override=True)
+
     def parameter_values(self) -> Dict[str, Any]:
         """Return the current value of every node parameter."""
         return {spec.name: self.get_parameter(spec.name).value for spec in PARAMETERS}
@@ -183,6 +192,7 @@ class SoftBiometricsNode(LifecycleNode):
             spec = SPECS.get(parameter.name)
             if spec is None:
                 continue
+            self._rejected_start_values.pop(parameter.name, None)  # a valid value now
             self._apply_parameter(parameter.name, parameter.value)
             if spec.applies == 'configure' and self._state != 'unconfigured':
                 self.get_logger().info(
@@ -200,7 +210,7 @@ class SoftBiometricsNode(LifecycleNode):
             self._buffer.wake()  # the worker computes its next start from the new rate
         elif name == 'publish_debug_image':
             self._publish_debug = bool(value)
-        elif name in TRACKER_FIELDS or name == 'tracking':
+        elif SPECS[name].owner is TrackerConfig or name == 'tracking':
             with self._tracker_lock:  # never the model lock: it is held during inference
                 if self._tracker is None:
                     return
@@ -208,9 +218,8 @@ class SoftBiometricsNode(LifecycleNode):
                     self._tracker.enabled = bool(value)
                     self._tracker.reset()
                 else:
-                    field, convert = TRACKER_FIELDS[name]
                     self._tracker.config = dataclasses.replace(
-                        self._tracker.config, **{field: convert(value)})
+                        self._tracker.config, **{SPECS[name].field: value})
 
     # ---- lifecycle ----
 
@@ -231,32 +240,32 @@ class SoftBiometricsNode(LifecycleNode):
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Check the parameters, load and warm up the model, create the publishers."""
         values = self.parameter_values()
-        problems = self._unknown_parameters + check_parameters(values)
+        problems = (self._unknown_parameters + list(self._rejected_start_values.values())
+                    + check_parameters(values))
         if problems:
             return self._fail('configure failed, invalid parameters: ' + '; '.join(problems))
         for name in ('max_rate', 'publish_debug_image'):  # valid now; set at start or here
             self._apply_parameter(name, values[name])
         try:
-            checkpoint, backbone, pretrained, backbone_from = resolve_model_source(
-                values['checkpoint'], values['backbone'], values['pretrained'])
+            config = settings_from(values, PipelineConfig)
+            source = config.resolve()
         except ValueError as error:  # a weights file whose name names no architecture
             return self._fail(f'configure failed: {error}')
-        if backbone_from == 'weights path':
+        if source.backbone_from == 'weights path':
             self.get_logger().info(
-                f'backbone {backbone}: named in the weights path {pretrained} (backbone is '
-                'empty); set backbone to override')
-        source = (f'checkpoint {checkpoint}' if checkpoint else
-                  f'zero-shot {backbone} (pretrained={pretrained})')
-        self.get_logger().info(f'configuring: loading {source} on {values["device"]}')
+                f'backbone {source.backbone}: named in the weights path {source.pretrained} '
+                '(backbone is empty); set backbone to override')
+        self.get_logger().info(f'configuring: loading {source.describe()} on {config.device}')
         started = time.monotonic()
         try:
-            pipeline = self._build_pipeline(values, checkpoint, backbone, pretrained)
+            pipeline = Pipeline(config)
+            pipeline.warmup()
         except Exception as error:  # any load error must leave the node alive
-            return self._fail(f'configure failed: could not load {source}: '
+            return self._fail(f'configure failed: could not load {source.describe()}: '
                               f'{type(error).__name__}: {error}')
         classifier = getattr(pipeline, 'classifier', None)
         self._device = str(getattr(classifier, 'device', values['device']))
-        self._backbone = str(getattr(classifier, 'backbone_name', backbone or ''))
+        self._backbone = str(getattr(classifier, 'backbone_name', source.backbone or ''))
         if getattr(classifier, 'untrained', False):
             self.get_logger().warning(
                 '*** UNTRAINED MODEL: %s runs on RANDOM weights (pretrained=none); its age, '
@@ -265,10 +274,8 @@ class SoftBiometricsNode(LifecycleNode):
         with self._model_lock:
             self._pipeline = pipeline
         with self._tracker_lock:
-            self._tracker = FaceTracker(TrackerConfig(
-                id_prefix=self._id_prefix,
-                **{field: convert(values[name])
-                   for name, (field, convert) in TRACKER_FIELDS.items()}),
+            self._tracker = FaceTracker(
+                settings_from(values, TrackerConfig, id_prefix=self._id_prefix),
                 enabled=bool(values['tracking']), ids=self._face_ids)
         self._faces_pub = self.create_lifecycle_publisher(FaceAttributesArray, '~/faces', 10)
         self._debug_pub = self.create_lifecycle_publisher(
@@ -281,19 +288,6 @@ class SoftBiometricsNode(LifecycleNode):
             f'configured in {time.monotonic() - started:.1f} s: {self._backbone} on '
             f'{self._device}')
         return TransitionCallbackReturn.SUCCESS
-
-    def _build_pipeline(self, values, checkpoint, backbone, pretrained):
-        from soft_biometrics_ros.runtime.pipeline import Pipeline, PipelineConfig
-
-        config = PipelineConfig(
-            checkpoint=checkpoint or '', backbone=backbone or '', pretrained=pretrained or '',
-            device=values['device'], precision=values['precision'],
-            detection_threshold=float(values['detection_threshold']),
-            min_face_size=int(values['min_face_size']), max_faces=int(values['max_faces']),
-            detection_scale=float(values['detection_scale']))
-        pipeline = Pipeline(config)
-        pipeline.warmup()
-        return pipeline
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Subscribe to the camera and start the inference worker."""

@@ -6,7 +6,7 @@ benchmark all run this. A frame goes through three timed stages:
 1. ``detect``: MTCNN face detection (`detection.FaceDetector`),
 2. ``crop``: square face crops at the classifier's input size (`detection.crop_faces`),
 3. ``classify``: all crops of the frame in ONE batch through the classifier
-   (`classifier.build_classifier`: zero-shot PE-Core CLIP, or a trained checkpoint),
+   (`factory.create_classifier`: zero-shot PE-Core CLIP, or a trained checkpoint),
    on CUDA when asked and available (else the CPU, with a warning), optionally with
    fp16/bf16 autocast, under torch.inference_mode.
 
@@ -17,10 +17,8 @@ was wrong, so callers can skip and count the frame.
 from __future__ import annotations
 
 import logging
-import math
-import os
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Dict, List, Mapping, Optional, Tuple
 
 import cv2
@@ -28,10 +26,12 @@ import numpy as np
 import torch
 
 from soft_biometrics_ros import labels
-from soft_biometrics_ros.device import INFERENCE_PRECISIONS
+from soft_biometrics_ros.models.backbone import NO_WEIGHTS, OFFLINE_BACKBONE
+from soft_biometrics_ros.models.factory import ModelConfig, create_classifier
 from soft_biometrics_ros.runtime.detection import (DEFAULT_STAGE_THRESHOLDS, FaceDetector,
                                                    InvalidImageError, check_image, crop_faces)
 from soft_biometrics_ros.runtime.estimates import FaceEstimate
+from soft_biometrics_ros.settings import from_mapping, setting, with_default
 
 logger = logging.getLogger(__name__)
 
@@ -40,135 +40,53 @@ __all__ = ['InvalidImageError', 'Pipeline', 'PipelineConfig', 'STAGES', 'to_rgb'
 # Keys of the per-stage timings returned by Pipeline.process, in order.
 STAGES: Tuple[str, ...] = ('detect', 'crop', 'classify')
 COLOR_ORDERS = ('bgr', 'rgb')
-PRECISION_NAMES = INFERENCE_PRECISIONS
 
 
 @dataclass
-class PipelineConfig:
-    """Settings of the inference pipeline, validated when built.
+class PipelineConfig(ModelConfig):
+    """Settings of the inference pipeline: the model (ModelConfig's fields), detection, crops.
 
-    checkpoint: trained checkpoint directory; '' runs the zero-shot PE-Core classifier.
-    backbone: PE-Core architecture name; '' takes the checkpoint's (zero-shot:
-        PE-Core-T-16-384). With a checkpoint it must match the checkpoint's backbone.
-    pretrained: backbone weights: 'meta' (open_clip hub tag, needs internet once), a
-        local weights file, 'none' (random weights: UNTRAINED, announced loudly), or ''
-        (with a checkpoint: the source it records; zero-shot: none). A leading '~' in
-        checkpoint or a weights file is the home directory.
-    device: 'cuda', 'cuda:N', 'cpu' or 'auto'; CUDA falls back to the CPU with a warning.
-    precision: 'fp32', 'fp16' or 'bf16' (autocast on CUDA; fp32 elsewhere), or 'int8'
-        (dynamic int8 Linear layers on the CPU; fp32 elsewhere).
-    detection_threshold: minimum MTCNN face score, in (0, 1).
-    min_face_size: smallest face to detect, pixels of the source image (> 0).
-    max_faces: at most this many faces per frame, highest detection score first;
-        0 = no limit.
-    detection_scale: in (0, 1]; frames are downscaled by it for detection only.
-    margin: context added on every side of a face box for the crop, as a fraction of
-        the box's longer side (>= 0).
-    align: rotate crops so the eyes are level.
+    The model fields default to what the tools run anywhere: the zero-shot
+    OFFLINE_BACKBONE on random weights (pretrained 'none', UNTRAINED, announced loudly);
+    with a checkpoint, give pretrained '' (the source it records). Every field is
+    checked when the config is built (`settings.validate`), errors name the field.
     """
 
-    checkpoint: str = ''
-    backbone: str = 'PE-Core-T-16-384'
-    pretrained: str = 'none'
-    device: str = 'cuda'
-    precision: str = 'fp32'
-    detection_threshold: float = 0.9
-    min_face_size: int = 40
-    max_faces: int = 10
-    detection_scale: float = 1.0
-    margin: float = 0.2
-    align: bool = False
+    backbone: str = with_default(ModelConfig, 'backbone', OFFLINE_BACKBONE)
+    pretrained: str = with_default(ModelConfig, 'pretrained', NO_WEIGHTS)
+    detection_threshold: float = setting(
+        0.9, 'Minimum MTCNN face probability for a face to be reported.', low=0.0, high=1.0,
+        low_open=True, high_open=True, applies='configure')
+    min_face_size: float = setting(
+        40, 'Smallest face side in source-image pixels MTCNN looks for.', kind='float',
+        low=1, applies='configure')
+    max_faces: int = setting(
+        10, 'At most this many faces per frame (the most confident ones); 0 = no limit.',
+        low=0, applies='configure')
+    detection_scale: float = setting(
+        1.0, 'Scale the frame by this factor before detection (faster on large frames); '
+        'boxes are reported in source pixels.', low=0.0, high=1.0, low_open=True,
+        applies='configure')
+    margin: float = setting(
+        0.2, 'Context added on every side of a face box for the crop, as a fraction of the '
+        "box's longer side.", low=0.0, high=2.0)
+    align: bool = setting(False, 'Rotate crops so that the eyes are level.')
 
     def __post_init__(self):
-        for name in ('checkpoint', 'backbone', 'pretrained', 'device', 'precision'):
-            value = getattr(self, name)
-            if value is None:
-                setattr(self, name, '')
-            elif not isinstance(value, (str, os.PathLike)):
-                raise ValueError(f'PipelineConfig.{name} must be a string, '
-                                 f'got {type(value).__name__} {value!r}')
-            else:
-                setattr(self, name, os.fspath(value).strip())
-        # '~' in a path means the home directory everywhere (the node's parameter checks
-        # expand it too): expand it once here, so every loader below gets a real path.
-        self.checkpoint = os.path.expanduser(self.checkpoint)
-        if self.pretrained not in ('', 'meta', 'none'):
-            self.pretrained = os.path.expanduser(self.pretrained)
-        if self.checkpoint and not os.path.isdir(self.checkpoint):
-            raise ValueError(f'PipelineConfig.checkpoint: directory {self.checkpoint!r} does '
-                             f'not exist (give a checkpoint directory, or \'\' for zero-shot)')
-        if self.backbone:
-            from soft_biometrics_ros.models.backbone import check_backbone_name
-            try:
-                check_backbone_name(self.backbone)
-            except ValueError as error:
-                raise ValueError(f'PipelineConfig.backbone: {error}') from None
-        self._check_device()
-        if self.precision.lower() not in PRECISION_NAMES:
-            raise ValueError(f'PipelineConfig.precision must be one of '
-                             f'{", ".join(PRECISION_NAMES)}, got {self.precision!r}')
-        self.precision = self.precision.lower()
-        self.detection_threshold = _number('detection_threshold', self.detection_threshold,
-                                           low=0.0, high=1.0, low_open=True, high_open=True)
-        self.min_face_size = _number('min_face_size', self.min_face_size, low=0.0,
-                                     low_open=True)
-        if isinstance(self.max_faces, bool) or not isinstance(self.max_faces, (int, np.integer)) \
-                or self.max_faces < 0:
-            raise ValueError(f'PipelineConfig.max_faces must be an integer >= 0 '
-                             f'(0 = no limit), got {self.max_faces!r}')
-        self.max_faces = int(self.max_faces)
-        self.detection_scale = _number('detection_scale', self.detection_scale, low=0.0,
-                                       high=1.0, low_open=True)
-        self.margin = _number('margin', self.margin, low=0.0, high=2.0)
-        if not isinstance(self.align, (bool, np.bool_)):
-            raise ValueError(f'PipelineConfig.align must be true or false, got {self.align!r}')
-        self.align = bool(self.align)
-
-    def _check_device(self) -> None:
-        text = self.device.lower() or 'auto'
-        if text == 'auto':
-            self.device = 'auto'
-            return
-        try:
-            device = torch.device(text)
-        except RuntimeError:
-            device = None
-        if device is None or device.type not in ('cpu', 'cuda', 'mps'):
-            raise ValueError(f'PipelineConfig.device must be cuda, cuda:N, cpu or auto, '
-                             f'got {self.device!r}')
-        self.device = text
+        super().__post_init__()
+        if float(self.min_face_size).is_integer():
+            self.min_face_size = int(self.min_face_size)
 
     @classmethod
     def from_dict(cls, values: Mapping) -> 'PipelineConfig':
         """Build from a mapping (e.g. YAML); unknown keys are an error naming them."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f'PipelineConfig has no field(s) {", ".join(unknown)}; '
-                             f'fields are {", ".join(sorted(known))}')
-        return cls(**dict(values))
+        return from_mapping(cls, values)
 
     def to_dict(self) -> dict:
-        """Return the settings as plain data."""
-        return asdict(self)
-
-
-def _number(name: str, value, low: Optional[float] = None, high: Optional[float] = None,
-            low_open: bool = False, high_open: bool = False) -> float:
-    """Return `value` as a float if it is a finite number in range, else raise ValueError."""
-    ok = isinstance(value, (int, float, np.integer, np.floating)) and \
-        not isinstance(value, bool) and math.isfinite(value)
-    if ok and low is not None:
-        ok = value > low if low_open else value >= low
-    if ok and high is not None:
-        ok = value < high if high_open else value <= high
-    if not ok:
-        lo = '' if low is None else ('(' if low_open else '[') + f'{low:g}'
-        hi = '' if high is None else f'{high:g}' + (')' if high_open else ']')
-        where = f'in {lo}, {hi}' if low is not None and high is not None else \
-            (f'> {low:g}' if low_open else f'>= {low:g}')
-        raise ValueError(f'PipelineConfig.{name} must be a number {where}, got {value!r}')
-    return value if isinstance(value, int) and not isinstance(value, bool) else float(value)
+        """Return the settings as plain data (checkpoint: '' for none)."""
+        data = asdict(self)
+        data['checkpoint'] = str(self.checkpoint) if self.checkpoint else ''
+        return data
 
 
 def to_rgb(image: np.ndarray, color_order: str = 'bgr') -> np.ndarray:
@@ -206,10 +124,7 @@ class Pipeline:
             raise TypeError(f'config must be a PipelineConfig, got {type(config).__name__}')
         cfg = self.config
         if classifier is None:
-            from soft_biometrics_ros.models.classifier import build_classifier
-            classifier = build_classifier(
-                checkpoint=cfg.checkpoint or None, backbone=cfg.backbone or None,
-                pretrained=cfg.pretrained, device=cfg.device, precision=cfg.precision)
+            classifier = create_classifier(cfg)
         self.classifier = classifier
         self.device = classifier.device
         if detector is None:
@@ -219,7 +134,7 @@ class Pipeline:
                 device=self.device, stage_thresholds=DEFAULT_STAGE_THRESHOLDS)
         self.detector = detector
         logger.info('pipeline ready: %s on %s (%s)%s, %r', classifier.backbone_name,
-                    self.device, 'checkpoint ' + cfg.checkpoint if cfg.checkpoint else
+                    self.device, f'checkpoint {cfg.checkpoint}' if cfg.checkpoint else
                     'zero-shot', ' UNTRAINED' if classifier.untrained else '', detector)
 
     @property

@@ -31,51 +31,42 @@ import numpy as np
 
 from soft_biometrics_ros import labels
 from soft_biometrics_ros.runtime.estimates import FaceEstimate, TaskEstimate
+from soft_biometrics_ros.settings import setting, validate
 
 Box = Tuple[float, float, float, float]
 
 
+def _id_prefix_problem(value: str) -> Optional[str]:
+    if not value or not value[0].isalpha() or not all(c.isalnum() or c == '_' for c in value):
+        return 'must start with a letter and hold only letters, digits and _'
+    return None
+
+
 @dataclass
 class TrackerConfig:
-    """How faces are matched and smoothed.
+    """How faces are matched and smoothed; every field checked when built."""
 
-    iou_threshold: minimum IoU between a track's last box and a new box to match them.
-    max_center_distance: without enough IoU, boxes still match when their centres are
-        closer than this fraction of the track's box diagonal (fast motion, low rate).
-    max_missed: a track unmatched for more than this many consecutive frames is dropped.
-    max_age_s: a track not seen for more than this many seconds of frame time (the
-        stamps given to `update`) is dropped, and a stamp going backwards drops every
-        track; 0 = off (stamps are ignored).
-    smoothing: EMA strength in [0, 1); 0 = no smoothing (every frame stands alone).
-    id_prefix: face ids are `id_prefix` + a 4-digit counter; must start with a letter.
-    """
-
-    iou_threshold: float = 0.3
-    max_center_distance: float = 0.5
-    max_missed: int = 5
-    max_age_s: float = 0.0
-    smoothing: float = 0.5
-    id_prefix: str = 'f'
+    iou_threshold: float = setting(
+        0.3, "Minimum IoU between a track's last box and a new box to match them.",
+        low=0.0, high=1.0)
+    max_center_distance: float = setting(
+        0.5, "Without enough IoU, boxes still match when their centres are closer than this "
+        "fraction of the track's box diagonal (fast motion, low frame rate).", low=0.0)
+    max_missed: int = setting(
+        5, 'Forget a tracked face after this many processed frames without it; when it '
+        'returns it gets a new face_id.', low=0)
+    max_age_s: float = setting(
+        0.0, 'Forget a tracked face not seen for more than this many seconds of frame time '
+        '(header stamps), e.g. across a pause in the stream; a stamp going backwards (a bag '
+        'loop) forgets every face. 0 = off (stamps are ignored).', low=0.0)
+    smoothing: float = setting(
+        0.5, "Temporal smoothing strength of tracked faces' probabilities (exponential "
+        'moving average weight of the past; 0 = off).', low=0.0, high=1.0, high_open=True)
+    id_prefix: str = setting(
+        'f', 'Face ids are this prefix + a 4-digit counter.', check=_id_prefix_problem)
 
     def __post_init__(self):
-        if not 0.0 <= self.iou_threshold <= 1.0:
-            raise ValueError(f'iou_threshold must be in [0, 1], got {self.iou_threshold}')
-        if self.max_center_distance < 0:
-            raise ValueError(
-                f'max_center_distance must be >= 0, got {self.max_center_distance}')
-        if int(self.max_missed) != self.max_missed or self.max_missed < 0:
-            raise ValueError(f'max_missed must be an integer >= 0, got {self.max_missed}')
-        if not self.max_age_s >= 0.0:  # also refuses NaN
-            raise ValueError(f'max_age_s must be >= 0 (0 = no limit), got {self.max_age_s}')
-        if not 0.0 <= self.smoothing < 1.0:
-            raise ValueError(
-                f'smoothing must be in [0, 1) (0 = off, closer to 1 = smoother), '
-                f'got {self.smoothing}')
-        if not self.id_prefix or not self.id_prefix[0].isalpha() or \
-                not all(c.isalnum() or c == '_' for c in self.id_prefix):
-            raise ValueError(
-                f'id_prefix must start with a letter and hold only letters, digits and _, '
-                f'got {self.id_prefix!r}')
+        validate(self)
 
 
 def iou(a: Box, b: Box) -> float:

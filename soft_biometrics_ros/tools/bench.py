@@ -1061,11 +1061,10 @@ def bench_backbone(cfg: BenchConfig, backbone: str, device: torch.device, frame:
 
 def method_checkpoint(backbone: str, method: str, pretrained: str, directory: Path) -> str:
     """Save a random-weight model of `method`, merged as deployed, for the pipeline/node."""
-    from soft_biometrics_ros.models.adapters import merge_for_inference
     from soft_biometrics_ros.models.multitask import build_multitask_model
 
     model = build_multitask_model(backbone, pretrained=pretrained, method=method)
-    merge_for_inference(model)
+    model.merge_adapters()
     path = save_method_checkpoint(model, directory)
     del model
     return path
@@ -1074,16 +1073,16 @@ def method_checkpoint(backbone: str, method: str, pretrained: str, directory: Pa
 def bench_costs_and_training(cfg: BenchConfig, backbone: str, device: torch.device,
                              entry: dict) -> dict:
     """Parameters and FLOPs (zero-shot and every method) and training steps, into `entry`."""
-    from soft_biometrics_ros.models.adapters import merge_for_inference
-    from soft_biometrics_ros.models.classifier import build_classifier
     from soft_biometrics_ros.device import precision_name, resolve_precision
+    from soft_biometrics_ros.models.factory import create_classifier
     from soft_biometrics_ros.models.multitask import build_multitask_model
 
     costs = 'costs' in cfg.sections
     if costs:
         logger.info('[%s] zero-shot model: parameters and FLOPs', backbone)
-        zero_shot = build_classifier(None, backbone=backbone, pretrained=cfg.pretrained,
-                                     device=str(device), precision='fp32')
+        zero_shot = create_classifier(checkpoint=None, backbone=backbone,
+                                      pretrained=cfg.pretrained, device=str(device),
+                                      precision='fp32')
         counts = zero_shot.parameter_counts
         entry['params'] = {'clip_total': counts.total, 'vision_tower': counts.vision,
                            'text_tower': counts.text}
@@ -1120,7 +1119,7 @@ def bench_costs_and_training(cfg: BenchConfig, backbone: str, device: torch.devi
                 info['train'][key] = bench_training_step(
                     model, method, cfg.train_batch, cfg.train_steps, cfg.train_warmup,
                     device, dtype, desc=f'train {method} {key}')
-        if merge_for_inference(model) and costs:
+        if model.merge_adapters() and costs:
             # What a deployed (exported) model runs: adapters folded into the weights.
             info['flops_per_face_merged'] = model_flops_per_face(model, device).to_dict()
         entry['methods'][method] = info

@@ -4,9 +4,9 @@ What it does:
 
 1. Picks the model: a trained checkpoint (--checkpoint or $SOFT_BIOMETRICS_CHECKPOINT),
    else real PE-Core weights (a local file via --pretrained or $SOFT_BIOMETRICS_WEIGHTS,
-   or open_clip's `meta` tag from the hub cache / the hub), else PE-Core-T-16-384 with
-   RANDOM weights, announced by a loud banner: the plumbing is real, the answers are
-   meaningless.
+   or open_clip's `meta` tag from the hub cache / the hub), else the offline backbone
+   (PE-Core-T-16-384) with RANDOM weights, announced by a loud banner: the plumbing is
+   real, the answers are meaningless.
 2. Starts the real node (`python -m soft_biometrics_ros.ros.node`, autostart) as a
    subprocess on a private ROS domain (unless ROS_DOMAIN_ID is set), with the Fast DDS
    large-frames profile, and waits until it subscribes.
@@ -36,9 +36,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from soft_biometrics_ros.models.backbone import (DEFAULT_BACKBONE, DEFAULT_TAG, NO_WEIGHTS,
+                                                 OFFLINE_BACKBONE, resolve_weights)
+from soft_biometrics_ros.models.checkpoint import folder_problem
+from soft_biometrics_ros.models.factory import ModelConfig
+from soft_biometrics_ros.settings import SettingError
+
 DEMO_IMAGE_TOPIC = '/soft_biometrics_demo/image'
-FALLBACK_BACKBONE = 'PE-Core-T-16-384'
-WITH_WEIGHTS_BACKBONE = 'PE-Core-B-16'
 BANNER_WIDTH = 78
 
 
@@ -63,46 +67,50 @@ def banner(lines: List[str], char: str = '!') -> str:
 def choose_model(args) -> ModelChoice:
     """Decide checkpoint / backbone / weights: real ones when they can be had.
 
-    A checkpoint directory or weights file that does not exist stops the demo here
-    (SystemExit naming it), before any node is started.
+    The demo's one policy beside the factory's rules (`models.factory`): with neither a
+    checkpoint nor weights named, try Meta's weights of DEFAULT_BACKBONE and fall back
+    to random weights when they cannot be had. A checkpoint directory or weights file
+    that does not exist stops the demo here (SystemExit naming it), before any node is
+    started.
     """
-    checkpoint = args.checkpoint
-    origin = '--checkpoint'
+    checkpoint, origin = args.checkpoint, '--checkpoint'
     if not checkpoint:
         checkpoint = os.environ.get('SOFT_BIOMETRICS_CHECKPOINT', '')
         origin = '$SOFT_BIOMETRICS_CHECKPOINT'
     if checkpoint:
-        if not Path(checkpoint).expanduser().is_dir():
-            raise SystemExit(f'checkpoint directory {checkpoint} ({origin}) does not exist')
+        problem = folder_problem(Path(checkpoint).expanduser())
+        if problem:
+            raise SystemExit(f'checkpoint directory {checkpoint} ({origin}) {problem}')
         return ModelChoice(checkpoint, args.backbone or '', args.pretrained or '', False,
                            f'trained checkpoint {checkpoint}')
-    weights = args.pretrained
-    origin = '--pretrained'
+    weights, origin = args.pretrained, '--pretrained'
     if not weights:
         weights = os.environ.get('SOFT_BIOMETRICS_WEIGHTS', '')
         origin = '$SOFT_BIOMETRICS_WEIGHTS'
-    if weights == 'none':
-        backbone = args.backbone or FALLBACK_BACKBONE
-        return ModelChoice('', backbone, 'none', True, 'random weights (asked for)')
-    if weights and weights != 'meta':
-        from soft_biometrics_ros.models.backbone import backbone_from_weights_path
-        if not Path(weights).expanduser().is_file():
-            raise SystemExit(f'weights file {weights} ({origin}) does not exist')
-        # The node makes the same guess from the file name when backbone is empty.
-        backbone = args.backbone or backbone_from_weights_path(weights)
-        if backbone is None:
-            raise SystemExit(f'cannot tell which PE-Core architecture {weights} holds from '
-                             'its name; pass --backbone (e.g. --backbone PE-Core-B-16)')
-        return ModelChoice('', backbone, str(Path(weights).expanduser()), False,
-                           f'PE-Core weights from {weights}')
-    from soft_biometrics_ros.models.backbone import resolve_weights
-    backbone = args.backbone or WITH_WEIGHTS_BACKBONE
+    if weights and weights not in (DEFAULT_TAG, NO_WEIGHTS) and \
+            not Path(weights).expanduser().is_file():
+        raise SystemExit(f'weights file {weights} ({origin}) does not exist')
+    if weights:
+        try:  # the node resolves the same config the same way
+            source = ModelConfig(backbone=args.backbone, pretrained=weights).resolve()
+        except SettingError as error:
+            raise SystemExit(f'{error} ({origin})') from None
+        except ValueError as error:
+            raise SystemExit(f'{error} ({origin}); pass --backbone (e.g. --backbone '
+                             f'{DEFAULT_BACKBONE})') from None
+        if source.pretrained == NO_WEIGHTS:
+            return ModelChoice('', source.backbone, NO_WEIGHTS, True,
+                               'random weights (asked for)')
+        if source.pretrained != DEFAULT_TAG:
+            return ModelChoice('', source.backbone, source.pretrained, False,
+                               f'PE-Core weights from {weights}')
+    backbone = args.backbone or DEFAULT_BACKBONE
     try:
-        path = resolve_weights(backbone, 'meta')
+        path = resolve_weights(backbone, DEFAULT_TAG)
         return ModelChoice('', backbone, str(path), False, f"Meta's {backbone} weights ({path})")
     except Exception as error:  # offline, not cached, hub errors
-        backbone = args.backbone or FALLBACK_BACKBONE
-        return ModelChoice('', backbone, 'none', True, f'no real weights: {error}')
+        backbone = args.backbone or OFFLINE_BACKBONE
+        return ModelChoice('', backbone, NO_WEIGHTS, True, f'no real weights: {error}')
 
 
 def node_command(choice: ModelChoice, args) -> List[str]:
@@ -239,8 +247,8 @@ def parse_args(argv=None):
         description='Start the soft_biometrics node, feed it the bundled sample frames and '
                     'stream its answers.')
     parser.add_argument('--backbone', default='',
-                        help=f'PE-Core architecture (default: {WITH_WEIGHTS_BACKBONE} when its '
-                             f'weights can be had, else {FALLBACK_BACKBONE} with random '
+                        help=f'PE-Core architecture (default: {DEFAULT_BACKBONE} when its '
+                             f'weights can be had, else {OFFLINE_BACKBONE} with random '
                              'weights)')
     parser.add_argument('--pretrained', default='',
                         help="'meta' (open_clip hub tag), a local weights file, or 'none'; "

@@ -14,7 +14,7 @@ from soft_biometrics_ros.models.adapters import apply_method, list_methods, merg
 from soft_biometrics_ros.models.checkpoint import (
     MANIFEST_FILE, WEIGHTS_FILE, CheckpointError, load_checkpoint, read_manifest,
     save_checkpoint)
-from soft_biometrics_ros.models.classifier import build_classifier
+from soft_biometrics_ros.models.factory import create_classifier
 from soft_biometrics_ros.models.multitask import MultitaskModel, build_multitask_model
 
 NAME = 'PE-Core-T-16-384'
@@ -148,7 +148,7 @@ def test_other_backbone_is_refused_naming_both(lora_checkpoint):
     directory, _ = lora_checkpoint
     with pytest.raises(CheckpointError, match='trained on backbone PE-Core-T-16-384, not on '
                                               'the requested PE-Core-B-16'):
-        build_classifier(checkpoint=str(directory), backbone='PE-Core-B-16', device='cpu')
+        create_classifier(checkpoint=str(directory), backbone='PE-Core-B-16', device='cpu')
 
 
 def test_other_label_schema_is_refused(lora_checkpoint, tmp_path):
@@ -205,10 +205,10 @@ def test_other_backbone_weights_are_refused(lora_checkpoint, tmp_path):
         load_checkpoint(directory, pretrained='none')
 
 
-def test_build_classifier_loads_a_checkpoint_for_the_pipeline(lora_checkpoint, images):
+def test_create_classifier_loads_a_checkpoint_for_the_pipeline(lora_checkpoint, images):
     directory, model = lora_checkpoint
-    classifier = build_classifier(checkpoint=str(directory), backbone=None, pretrained=None,
-                                  device='cpu', precision='fp32')
+    classifier = create_classifier(checkpoint=str(directory), backbone=None, pretrained=None,
+                                   device='cpu', precision='fp32')
     assert classifier.input_size == SIZE and classifier.backbone_name == NAME
     probs = classifier.predict_proba(images)
     expected = {t: v.softmax(dim=-1) for t, v in outputs(model, images).items()}
@@ -251,10 +251,10 @@ def test_int8_checkpoint_matches_fp32_closely_for_every_method(base_model, many_
                                                                tmp_path, method):
     directory = str(save_checkpoint(trained(base_model, method), tmp_path / method))
     unmerged = load_checkpoint(directory, pretrained='')
-    fp32 = build_classifier(directory, pretrained='', device='cpu', precision='fp32')
-    int8 = build_classifier(directory, pretrained='', device='cpu', precision='int8')
+    fp32 = create_classifier(checkpoint=directory, pretrained='', device='cpu', precision='fp32')
+    int8 = create_classifier(checkpoint=directory, pretrained='', device='cpu', precision='int8')
 
-    # build_classifier merges adapters for inference: same outputs as the unmerged model.
+    # create_classifier merges adapters for inference: same outputs as the unmerged model.
     reference = unmerged.predict_proba(many_images)
     fp32_probs = fp32.predict_proba(many_images)
     for task in labels.TASKS:
@@ -279,7 +279,8 @@ def test_int8_checkpoint_matches_fp32_closely_for_every_method(base_model, many_
 
 def test_int8_is_one_way_and_says_so(base_model, tmp_path):
     directory = str(save_checkpoint(trained(base_model, 'lora'), tmp_path / 'lora'))
-    classifier = build_classifier(directory, pretrained='', device='cpu', precision='int8')
+    classifier = create_classifier(checkpoint=directory, pretrained='', device='cpu',
+                                   precision='int8')
     assert classifier.set_precision('int8') == torch.qint8  # again: nothing changes
     with pytest.raises(ValueError, match='quantized to int8.*build the classifier again'):
         classifier.set_precision('fp32')

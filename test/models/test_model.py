@@ -10,7 +10,8 @@ from soft_biometrics_ros import labels
 from soft_biometrics_ros.models.adapters import apply_method
 from soft_biometrics_ros.models.backbone import count_parameters
 from soft_biometrics_ros.models.checkpoint import save_checkpoint
-from soft_biometrics_ros.models.classifier import FaceClassifier, build_classifier
+from soft_biometrics_ros.models.classifier import FaceClassifier
+from soft_biometrics_ros.models.factory import create_classifier
 from soft_biometrics_ros.models.heads import HeadConfig, TaskHead
 from soft_biometrics_ros.models.multitask import MultitaskModel, build_multitask_model
 
@@ -93,12 +94,12 @@ def test_head_config_names_the_bad_field(fields, message):
         HeadConfig.from_dict({'hidden': 3})
 
 
-def test_checkpoint_at_the_native_size_loads_through_build_classifier(model, tmp_path):
+def test_checkpoint_at_the_native_size_loads_through_create_classifier(model, tmp_path):
     adapted = copy.deepcopy(model)
     apply_method(adapted, 'linear_probe')
     directory = save_checkpoint(adapted, tmp_path / 'probe')
-    classifier = build_classifier(checkpoint=str(directory), backbone=NAME, pretrained='none',
-                                  device='cuda' if torch.cuda.is_available() else 'cpu')
+    classifier = create_classifier(checkpoint=str(directory), backbone=NAME, pretrained='none',
+                                   device='cuda' if torch.cuda.is_available() else 'cpu')
     assert isinstance(classifier, MultitaskModel) and classifier.input_size == 384
     batch = classifier.preprocess(_crops(2))
     probs = classifier.predict_proba(batch)

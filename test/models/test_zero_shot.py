@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 from soft_biometrics_ros import labels
 from soft_biometrics_ros.models.backbone import count_parameters, load_clip
-from soft_biometrics_ros.models.classifier import build_classifier
+from soft_biometrics_ros.models.factory import create_classifier
 from soft_biometrics_ros.models.zero_shot import (
     DEFAULT_PROMPTS_FILE, ZeroShotClassifier, build_zero_shot_classifier, load_prompts,
     prompts_fingerprint)
@@ -23,7 +23,7 @@ NAME = 'PE-Core-T-16-384'
 @pytest.fixture(scope='module')
 def classifier():
     """Zero-shot classifier of PE-Core-T with random weights, built like the node does."""
-    return build_classifier(checkpoint=None, backbone=NAME, pretrained='none', device='cpu')
+    return create_classifier(checkpoint=None, backbone=NAME, pretrained='none', device='cpu')
 
 
 def _crops(n, seed=0):

@@ -5,9 +5,9 @@ import rclpy
 from rclpy.parameter import Parameter
 
 from conftest import REPO_ROOT
-from soft_biometrics_ros.ros.parameters import (DEFAULTS, PARAMETERS, ZERO_SHOT_BACKBONE,
-                                                check_parameter, check_parameters,
-                                                resolve_model_source, unknown_parameter_problems,
+from soft_biometrics_ros.models.factory import ModelConfig
+from soft_biometrics_ros.ros.parameters import (DEFAULTS, PARAMETERS, check_parameter,
+                                                check_parameters, unknown_parameter_problems,
                                                 yaml_parameters)
 
 ISSUE_PARAMETERS = {'checkpoint', 'backbone', 'pretrained', 'device', 'precision', 'compressed',
@@ -82,33 +82,6 @@ def test_valid_values_pass():
     assert check_parameter('max_rate', 5) is None  # an int is fine for a double
     assert check_parameter('device', 'cuda:1') is None
     assert check_parameter('backbone', 'PE-Core-L-14-336') is None
-
-
-def test_model_source_resolution():
-    assert resolve_model_source('', '', '') == (None, ZERO_SHOT_BACKBONE, 'meta', 'default')
-    assert resolve_model_source('', 'PE-Core-T-16-384', 'none') == \
-        (None, 'PE-Core-T-16-384', 'none', 'parameter')
-    assert resolve_model_source('/ckpt', '', '') == ('/ckpt', None, None, 'checkpoint')
-
-
-def test_zero_shot_backbone_from_the_weights_file_name():
-    # README: `pretrained: /path/to/PE-Core-L-14-336.safetensors` alone is enough.
-    path = '/models/PE-Core-L-14-336.safetensors'
-    assert resolve_model_source('', '', path) == (None, 'PE-Core-L-14-336', path,
-                                                  'weights path')
-    # an explicit backbone wins; a checkpoint records its own
-    assert resolve_model_source('', 'PE-Core-B-16', path).backbone == 'PE-Core-B-16'
-    assert resolve_model_source('/ckpt', '', path).backbone is None
-    # open_clip's hub cache: the architecture is in a folder name
-    hub = ('/root/.cache/huggingface/hub/models--timm--PE-Core-S-16-384/snapshots/0a1b/'
-           'open_clip_model.safetensors')
-    assert resolve_model_source('', '', hub).backbone == 'PE-Core-S-16-384'
-    assert resolve_model_source('', '', '/w/pe_core_t_16_384.pt').backbone == \
-        'PE-Core-T-16-384'
-    for unnamed in ('/models/weights.safetensors', '/models/PE-Core-B-160.pt'):
-        with pytest.raises(ValueError, match='set the backbone parameter') as error:
-            resolve_model_source('', '', unnamed)
-        assert unnamed in str(error.value) and 'PE-Core-L-14-336' in str(error.value)
 
 
 @pytest.fixture(scope='module')
@@ -210,12 +183,12 @@ def test_home_relative_paths_pass_the_check_and_reach_the_pipeline(monkeypatch, 
     (tmp_path / 'models' / 'weights.bin').write_bytes(b'weights')
     assert check_parameter('checkpoint', '~/models/ckpt') is None
     assert check_parameter('pretrained', '~/models/weights.bin') is None
-    # The node builds its PipelineConfig from these values (after resolve_model_source):
-    # a path the check accepts must not fail configure.
-    checkpoint, backbone, pretrained, _ = resolve_model_source(
-        '~/models/ckpt', '', '~/models/weights.bin')
+    # The node builds its PipelineConfig from these values: a path the check accepts
+    # must not fail configure, and becomes a real path at that boundary.
+    checkpoint, backbone, pretrained, _ = ModelConfig(
+        checkpoint='~/models/ckpt', pretrained='~/models/weights.bin').resolve()
     config = PipelineConfig(checkpoint=checkpoint, pretrained=pretrained, device='cpu')
-    assert config.checkpoint == str(tmp_path / 'models' / 'ckpt')
+    assert config.checkpoint == tmp_path / 'models' / 'ckpt'
     assert config.pretrained == str(tmp_path / 'models' / 'weights.bin')
     config = PipelineConfig(pretrained='~/models/weights.bin', device='cpu')
     assert config.pretrained == str(tmp_path / 'models' / 'weights.bin')
@@ -258,3 +231,33 @@ def test_misspelled_parameter_in_a_params_file_fails_configure(tmp_path):
         node.destroy_node()
     finally:
         rclpy.shutdown(context=context)
+
+
+def test_declared_ranges_and_read_only_come_from_the_settings(node):
+    threshold = node.describe_parameter('detection_threshold')
+    assert (threshold.floating_point_range[0].from_value,
+            threshold.floating_point_range[0].to_value) == (0.0, 1.0)
+    assert 'Allowed: a number in (0, 1).' in threshold.description
+    faces = node.describe_parameter('max_faces')
+    assert faces.integer_range[0].from_value == 0 and not faces.floating_point_range
+    assert node.describe_parameter('max_rate').floating_point_range[0].from_value == 0.0
+    assert not node.describe_parameter('device').floating_point_range
+    # read only at node start; everything else can be changed while the node runs
+    assert node.describe_parameter('autostart').read_only
+    assert not node.describe_parameter('checkpoint').read_only
+    (result,) = node.set_parameters([Parameter('autostart', value=False)])
+    assert not result.successful and node.get_parameter('autostart').value is True
+
+
+def test_parameters_are_the_core_settings_under_node_names():
+    from soft_biometrics_ros.runtime.pipeline import PipelineConfig
+    from soft_biometrics_ros.runtime.tracking import TrackerConfig
+    from soft_biometrics_ros.settings import help_of
+    specs = {spec.name: spec for spec in PARAMETERS}
+    assert specs['max_track_age_s'].owner is TrackerConfig
+    assert specs['max_track_age_s'].field == 'max_age_s'
+    assert specs['detection_scale'].owner is PipelineConfig
+    assert specs['checkpoint'].owner is ModelConfig
+    # one help text: the node's description is the setting's own
+    for spec in PARAMETERS:
+        assert spec.description.startswith(help_of(spec.setting)), spec.name

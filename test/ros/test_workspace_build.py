@@ -102,7 +102,8 @@ def test_installed_code_runs_from_the_install_space_not_the_sources(workspace):
     probe = (
         'import soft_biometrics_ros, soft_biometrics_msgs.msg as m, rclpy\n'
         'from ament_index_python.packages import get_package_share_directory as share\n'
-        'from soft_biometrics_ros import zero_shot, sample_data\n'
+        'from soft_biometrics_ros import sample_data\n'
+        'from soft_biometrics_ros.models import zero_shot\n'
         'from soft_biometrics_ros.ros.parameters import PARAMETERS\n'
         'print(soft_biometrics_ros.__file__)\n'
         'print(share("soft_biometrics_ros"))\n'

@@ -8,7 +8,7 @@ from training_helpers import trained_run
 
 from soft_biometrics_ros import labels
 from soft_biometrics_ros.models.checkpoint import load_checkpoint
-from soft_biometrics_ros.models.classifier import build_classifier
+from soft_biometrics_ros.models.factory import create_classifier
 from training import cli, export
 
 
@@ -30,10 +30,10 @@ def test_export_merges_and_predicts_the_same(base, tmp_path, repo_root, method):
     assert status == 0
     report = json.loads((out / 'export_report.json').read_text())
     assert report['merged'] == (method != 'linear_probe')
-    # The training checkpoint as stored (unmerged adapters; build_classifier would merge).
+    # The training checkpoint as stored (unmerged adapters; create_classifier would merge).
     trained = load_checkpoint(checkpoint)
     # Self-contained: the node loads it without the pretrained weights file.
-    deployed = build_classifier(checkpoint=str(out), pretrained='none', device='cpu')
+    deployed = create_classifier(checkpoint=str(out), pretrained='none', device='cpu')
     names = [n for n, _ in deployed.named_parameters()]
     assert not any('lora_' in n for n in names)
     if method != 'linear_probe':

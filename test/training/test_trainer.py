@@ -18,7 +18,7 @@ from training_helpers import IMAGE_SIZE, METHODS, tiny_config, tiny_data, tiny_o
 
 from soft_biometrics_ros import labels
 from soft_biometrics_ros.models.adapters import trainable_parameters
-from soft_biometrics_ros.models.classifier import build_classifier
+from soft_biometrics_ros.models.factory import create_classifier
 from soft_biometrics_ros.models.multitask import build_multitask_model
 from training import trainer as trainer_module
 from training.config import ConfigError
@@ -162,8 +162,8 @@ def test_short_run_learns_and_its_checkpoint_predicts_the_same(method, base, pro
     assert after < 0.9 * before, (before, after)
     # The last checkpoint, loaded as the node loads it, predicts what the model predicts.
     images = probe_batch[0]
-    classifier = build_classifier(checkpoint=str(tmp_path / method / 'checkpoints' / 'last'),
-                                  pretrained=None, device='cpu')
+    classifier = create_classifier(checkpoint=str(tmp_path / method / 'checkpoints' / 'last'),
+                                   pretrained=None, device='cpu')
     expected = run.model.predict_proba(images)
     got = classifier.predict_proba(images)
     for task in labels.TASKS:
@@ -363,7 +363,7 @@ def test_cuda_autocast_run_trains_and_saves(base, tmp_path, precision):
     summary = run.fit()
     assert summary['step'] == 4 and summary['best_score'] is not None
     assert all(np.isfinite(v) for v in run.criterion.balancer.weights().values())
-    classifier = build_classifier(checkpoint=str(tmp_path / 'checkpoints' / 'last'),
-                                  pretrained=None, device='cuda', precision=precision)
+    classifier = create_classifier(checkpoint=str(tmp_path / 'checkpoints' / 'last'),
+                                   pretrained=None, device='cuda', precision=precision)
     probs = classifier.predict_proba(torch.zeros(2, 3, IMAGE_SIZE, IMAGE_SIZE, device='cuda'))
     assert all(torch.isfinite(p).all() for p in probs.values())
