@@ -28,7 +28,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence, Tuple
 
-KINDS = ('float', 'int', 'bool', 'str', 'path', 'choice')
+KINDS = ('float', 'int', 'bool', 'str', 'path', 'choice', 'names')
 
 
 class SettingError(ValueError):
@@ -40,8 +40,9 @@ class Rule:
     """What a setting allows.
 
     kind: 'float' (finite real number), 'int' (whole number), 'bool', 'str', 'path'
-        (a string or os.PathLike, '~' expanded; '' stays '' = unset) or 'choice' (one of
-        `choices`, compared case-insensitively and stored in lower case).
+        (a string or os.PathLike, '~' expanded; '' stays '' = unset), 'choice' (one of
+        `choices`, compared case-insensitively and stored in lower case) or 'names' (a
+        non-empty tuple of distinct `choices`; one string is a tuple of one).
     low / high: inclusive bounds, or exclusive with low_open / high_open.
     check: an extra test, value -> None when fine or a phrase saying what is wrong
         ('must start with a letter').
@@ -58,13 +59,15 @@ class Rule:
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f'Rule.kind must be one of {", ".join(KINDS)}, got {self.kind!r}')
-        if self.kind == 'choice' and not self.choices:
-            raise ValueError('a choice Rule needs its choices')
+        if self.kind in ('choice', 'names') and not self.choices:
+            raise ValueError(f'a {self.kind} Rule needs its choices')
 
     def describe(self) -> str:
         """Return what the rule allows, e.g. 'a number in (0, 1)' or 'one of a, b'."""
         if self.kind == 'choice':
             return 'one of ' + ', '.join(self.choices)
+        if self.kind == 'names':
+            return 'a non-empty list of ' + ', '.join(self.choices)
         noun = {'float': 'a number', 'int': 'an integer', 'bool': 'true or false',
                 'str': 'a string', 'path': 'a path (or empty)'}[self.kind]
         bounds = self.range_text()
@@ -128,6 +131,14 @@ class Rule:
             if not isinstance(value, str) or value.strip().lower() not in self.choices:
                 return value, f'must be {self.describe()}'
             value = value.strip().lower()
+        elif kind == 'names':
+            if isinstance(value, str):
+                value = (value,)
+            if not isinstance(value, (list, tuple)) or not value or \
+                    any(name not in self.choices for name in value) or \
+                    len(set(value)) != len(value):
+                return value, f'must be {self.describe()} (each once)'
+            value = tuple(value)
         if self.check is not None:
             problem = self.check(value)
             if problem:

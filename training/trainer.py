@@ -41,7 +41,6 @@ import csv
 import json
 import logging
 import math
-import os
 import random
 import shutil
 import signal
@@ -58,6 +57,7 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 from soft_biometrics_ros import labels
+from soft_biometrics_ros.files import aside_path, replace_folder
 from soft_biometrics_ros.device import resolve_device, resolve_precision
 from training.config import ConfigError, check_data_roots
 from training.distributed import DistributedContext, unwrap
@@ -146,25 +146,9 @@ def shared_parameters(model: nn.Module, limit: int = 4) -> List[nn.Parameter]:
     return chosen[-limit:]
 
 
-def _atomic_replace(temporary: Path, final: Path) -> None:
-    """Move the finished folder `temporary` to `final`, keeping one complete copy at all times.
-
-    The old folder is renamed aside first (a kill between the renames leaves it as
-    `<final>.old`, which `find_resumable` also accepts), then removed.
-    """
-    old = final.with_name(final.name + '.old')
-    if old.exists():
-        shutil.rmtree(old)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(temporary, final)
-    if old.exists():
-        shutil.rmtree(old)
-
-
 def find_resumable(checkpoints: Path) -> Optional[Path]:
     """Return checkpoints/last (or its `.old` copy left by a kill mid-save) if complete."""
-    for candidate in (checkpoints / 'last', checkpoints / 'last.old'):
+    for candidate in (checkpoints / 'last', aside_path(checkpoints / 'last')):
         if (candidate / STATE_JSON).is_file() and (candidate / STATE_TENSORS).is_file():
             return candidate
     return None
@@ -424,7 +408,7 @@ class Trainer:
 
         The model checkpoint (soft_biometrics_ros.models.checkpoint format) is written to a
         temporary folder, the training state and every rank's RNG streams beside it,
-        then the folder is renamed into place (see _atomic_replace).
+        then the folder is swapped into place (soft_biometrics_ros.files.replace_folder).
         """
         final = self.checkpoint_dir / which
         temporary = self.checkpoint_dir / f'.{which}.tmp'
@@ -444,7 +428,7 @@ class Trainer:
                 info, tensors = self.training_state()
                 torch.save(tensors, temporary / STATE_TENSORS)
                 (temporary / STATE_JSON).write_text(json.dumps(info, indent=1))
-            _atomic_replace(temporary, final)
+            replace_folder(temporary, final)
         self.ctx.barrier()
         return final
 

@@ -29,7 +29,7 @@ import re
 import socket
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 from urllib.parse import urlparse
 
 import numpy as np
@@ -399,25 +399,41 @@ def read_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
     return state
 
 
+def state_dict_problems(expected: Mapping[str, torch.Tensor],
+                        given: Mapping[str, torch.Tensor], expected_name: str,
+                        given_name: str) -> List[str]:
+    """Say how tensors `given` (a file's) differ from `expected` (a model's), [] if they fit.
+
+    One phrase each for the missing names, the unexpected names and the names of another
+    shape (the first one's two shapes shown), e.g. '2 tensors the model needs are missing
+    (a, b...)'.
+    """
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    shapes = sorted(k for k in set(expected) & set(given)
+                    if tuple(expected[k].shape) != tuple(given[k].shape))
+    problems = []
+    if missing:
+        problems.append(f'{len(missing)} tensors {expected_name} needs are missing '
+                        f'({", ".join(missing[:3])}...)')
+    if unexpected:
+        problems.append(f'{len(unexpected)} tensors {expected_name} does not have '
+                        f'({", ".join(unexpected[:3])}...)')
+    if shapes:
+        key = shapes[0]
+        problems.append(f'{len(shapes)} tensors of another shape (e.g. {key}: {given_name} '
+                        f'{tuple(given[key].shape)}, {expected_name} '
+                        f'{tuple(expected[key].shape)})')
+    return problems
+
+
 def _load_strict(module: nn.Module, state: Dict[str, torch.Tensor], what: str,
                  source: str, name: str) -> None:
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong_shape = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or wrong_shape:
-        parts = []
-        if missing:
-            parts.append(f'{len(missing)} missing keys ({", ".join(missing[:4])}...)')
-        if unexpected:
-            parts.append(f'{len(unexpected)} unexpected keys ({", ".join(unexpected[:4])}...)')
-        if wrong_shape:
-            key = wrong_shape[0]
-            parts.append(f'{len(wrong_shape)} keys of another shape (e.g. {key}: file '
-                         f'{tuple(state[key].shape)}, {name} {tuple(own[key].shape)})')
+    problems = state_dict_problems(module.state_dict(), state, f'the {what} of {name}', 'file')
+    if problems:
         raise BackboneError(
-            f'weights file {source!r} does not fit the {what} of {name}: {"; ".join(parts)}. '
-            f'Is it for another PE-Core size?')
+            f'weights file {source!r} does not fit the {what} of {name}: '
+            f'{"; ".join(problems)}. Is it for another PE-Core size?')
     module.load_state_dict(state, strict=True)
 
 

@@ -23,7 +23,6 @@ target and swapped in, so an interruption leaves the previous checkpoint intact.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -37,8 +36,9 @@ import torch
 import soft_biometrics_ros
 from soft_biometrics_ros import labels
 from soft_biometrics_ros.models.adapters import apply_method, config_to_dict
+from soft_biometrics_ros.files import replace_folder, sha256_file
 from soft_biometrics_ros.models.backbone import (NO_WEIGHTS, BackboneError, load_vision_tower,
-                                                 preprocess_config)
+                                                 preprocess_config, state_dict_problems)
 from soft_biometrics_ros.models.heads import HeadConfig
 from soft_biometrics_ros.models.multitask import MultitaskModel
 
@@ -65,14 +65,6 @@ def _versions() -> Dict[str, str]:
     return {'soft_biometrics_ros': soft_biometrics_ros.__version__, 'torch': torch.__version__,
             'open_clip': open_clip.__version__, 'timm': timm.__version__,
             'peft': peft.__version__, 'safetensors': safetensors.__version__}
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, 'rb') as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b''):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def checkpoint_tensors(model, include_backbone: bool) -> Dict[str, torch.Tensor]:
@@ -139,7 +131,7 @@ def save_checkpoint(model, directory: Union[str, Path], training: Optional[dict]
             'heads': model.head_config.to_dict(),
             'label_schema': labels.schema_dict(),
             'parameters': model.parameter_summary(),
-            'weights': {'file': WEIGHTS_FILE, 'sha256': _sha256(weights_path),
+            'weights': {'file': WEIGHTS_FILE, 'sha256': sha256_file(weights_path),
                         'tensors': len(tensors)},
             'versions': _versions(),
             'training': training or {},
@@ -147,12 +139,7 @@ def save_checkpoint(model, directory: Union[str, Path], training: Optional[dict]
         with open(staging / MANIFEST_FILE, 'w', encoding='utf-8') as handle:
             json.dump(manifest, handle, indent=2, default=str)
             handle.write('\n')
-        previous = directory.parent / f'.{directory.name}.old-{os.getpid()}'
-        if directory.exists():
-            directory.rename(previous)
-        staging.rename(directory)
-        if previous.exists():
-            shutil.rmtree(previous)
+        replace_folder(staging, directory)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
@@ -232,9 +219,9 @@ def _read_weights(directory: Path, manifest: dict) -> Dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f'checkpoint {directory} lacks its weights file {path.name}')
     expected = manifest['weights'].get('sha256')
-    if expected and _sha256(path) != expected:
+    if expected and sha256_file(path) != expected:
         raise CheckpointError(
-            f'checkpoint weights {path} are corrupt: sha256 {_sha256(path)[:12]}... differs '
+            f'checkpoint weights {path} are corrupt: sha256 {sha256_file(path)[:12]}... differs '
             f'from the manifest\'s {expected[:12]}...')
     try:
         return load_file(str(path), device='cpu')
@@ -246,21 +233,9 @@ def _read_weights(directory: Path, manifest: dict) -> Dict[str, torch.Tensor]:
 def _check_tensors(model, weights: Dict[str, torch.Tensor], stored_all: bool,
                    directory: Path) -> None:
     state = model.state_dict()
-    expected = set(state) if stored_all else set(model.tuned_parameter_names)
-    missing = sorted(expected - set(weights))
-    unexpected = sorted(set(weights) - expected)
-    shapes = sorted(k for k in expected & set(weights) if weights[k].shape != state[k].shape)
-    problems = []
-    if missing:
-        problems.append(f'{len(missing)} tensors the model needs are missing '
-                        f'({", ".join(missing[:3])}...)')
-    if unexpected:
-        problems.append(f'{len(unexpected)} tensors the model does not have '
-                        f'({", ".join(unexpected[:3])}...)')
-    if shapes:
-        key = shapes[0]
-        problems.append(f'{len(shapes)} tensors of another shape (e.g. {key}: checkpoint '
-                        f'{tuple(weights[key].shape)}, model {tuple(state[key].shape)})')
+    if not stored_all:
+        state = {name: state[name] for name in model.tuned_parameter_names}
+    problems = state_dict_problems(state, weights, 'the model', 'checkpoint')
     if problems:
         raise CheckpointError(f'checkpoint {directory} does not fit the model its manifest '
                               f'describes: {"; ".join(problems)}')

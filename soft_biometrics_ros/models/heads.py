@@ -8,30 +8,23 @@ from typing import Dict, Mapping
 import torch
 from torch import nn
 
+from soft_biometrics_ros.settings import from_mapping, setting, validate
+
 ACTIVATIONS = {'gelu': nn.GELU, 'relu': nn.ReLU, 'silu': nn.SiLU}
 
 
 @dataclass
 class HeadConfig:
-    """Shape of every task head: Linear(E, hidden_dim) -> activation -> Dropout -> Linear.
+    """Shape of every task head: Linear(E, hidden_dim) -> activation -> Dropout -> Linear."""
 
-    hidden_dim: width of the one hidden layer. dropout: dropout probability before the
-    output layer (in [0, 1)). activation: 'gelu', 'relu' or 'silu'.
-    """
-
-    hidden_dim: int = 512
-    dropout: float = 0.1
-    activation: str = 'gelu'
+    hidden_dim: int = setting(512, 'Width of the one hidden layer.', low=1)
+    dropout: float = setting(0.1, 'Dropout probability before the output layer.', low=0.0,
+                             high=1.0, high_open=True)
+    activation: str = setting('gelu', 'Activation of the hidden layer.',
+                              choices=tuple(ACTIVATIONS))
 
     def __post_init__(self):
-        if not isinstance(self.hidden_dim, int) or isinstance(self.hidden_dim, bool) \
-                or self.hidden_dim < 1:
-            raise ValueError(f'heads.hidden_dim must be a positive int, got {self.hidden_dim!r}')
-        if not 0.0 <= float(self.dropout) < 1.0:
-            raise ValueError(f'heads.dropout must be in [0, 1), got {self.dropout!r}')
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f'heads.activation {self.activation!r} is not one of '
-                             f'{", ".join(ACTIVATIONS)}')
+        validate(self, 'heads')
 
     def to_dict(self) -> dict:
         """Return plain data (as stored in checkpoint manifests)."""
@@ -40,11 +33,7 @@ class HeadConfig:
     @classmethod
     def from_dict(cls, data: Mapping) -> 'HeadConfig':
         """Build from plain data, naming any unknown field."""
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f'unknown heads field(s) {", ".join(sorted(unknown))}; known: '
-                             f'{", ".join(cls.__dataclass_fields__)}')
-        return cls(**dict(data))
+        return from_mapping(cls, data, 'heads')
 
 
 class TaskHead(nn.Module):

@@ -398,3 +398,34 @@ class BagWriter:
     def write_message(self, topic: str, timestamp: int, msg) -> None:
         """Serialize an rclpy message and write it on `topic` at log time `timestamp` (ns)."""
         self.write(topic, timestamp, serialize(msg))
+
+
+# ---- the command-line options the bag tools share (eval, replay, record_sample) ----
+
+def add_input_bag_argument(parser, topic_help: str) -> None:
+    """Add the positional `bag` and `--topic` (which image topic to read)."""
+    parser.add_argument('bag', help='rosbag2 bag folder (or a .db3/.mcap file)')
+    parser.add_argument('--topic', default=None, help=topic_help)
+
+
+def add_output_bag_arguments(parser, what: str, storage_default: Optional[str] = None,
+                             bag_version: bool = True, faces_topic: bool = True) -> None:
+    """Add `--storage`, `--bag-version` and `--faces-topic` of the bag a tool writes.
+
+    what: the bag, for the help texts ('the output bag'). storage_default: None = the
+    input bag's storage. bag_version: add --bag-version (default: the input's era, or
+    DEFAULT_BAG_VERSION for a new bag). faces_topic: add --faces-topic.
+    """
+    if faces_topic:
+        parser.add_argument('--faces-topic', default=DEFAULT_FACES_TOPIC,
+                            help=f'topic of the FaceAttributesArray answers in {what}')
+    default_text = storage_default or "the input's"
+    parser.add_argument('--storage', choices=STORAGE_FORMATS, default=storage_default,
+                        help=f'rosbag2 storage of {what} (default: {default_text})')
+    if bag_version:
+        parser.add_argument('--bag-version', type=int, choices=BAG_VERSIONS,
+                            default=None if storage_default is None else DEFAULT_BAG_VERSION,
+                            help=f'rosbag2 metadata version of {what}: 9 for Jazzy/Kilted, 8 '
+                                 "for Humble's ros2 bag (default: "
+                                 + ('8 for Humble-era inputs, else 9)' if storage_default is None
+                                    else f'{DEFAULT_BAG_VERSION})'))

@@ -33,13 +33,11 @@ import dataclasses
 import gc
 import itertools
 import logging
-import os
 import random
 import string
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any, Dict, Optional
 
 import rclpy
@@ -53,7 +51,8 @@ from rclpy.qos import (HistoryPolicy, QoSProfile, ReliabilityPolicy,
 from sensor_msgs.msg import CompressedImage, Image
 from soft_biometrics_msgs.msg import FaceAttributesArray
 
-from soft_biometrics_ros.ros.diagnostics import FrameStats, diagnostic_array, diagnostic_status
+from soft_biometrics_ros.ros.fastdds import use_large_frames_profile
+from soft_biometrics_ros.ros.diagnostics import diagnostic_array, diagnostic_status
 from soft_biometrics_ros.ros.image_conversion import (ImageConversionError, bgr_to_imgmsg,
                                                       compressed_to_bgr, imgmsg_to_bgr)
 from soft_biometrics_ros.ros.parameters import (PARAMETERS, SPECS, check_parameter,
@@ -61,50 +60,12 @@ from soft_biometrics_ros.ros.parameters import (PARAMETERS, SPECS, check_paramet
                                                 settings_from, unknown_parameter_problems)
 from soft_biometrics_ros.ros.messages import estimates_to_msg
 from soft_biometrics_ros.runtime.frame_buffer import LatestFrameBuffer
+from soft_biometrics_ros.runtime.frame_stats import FrameStats
 from soft_biometrics_ros.runtime.pipeline import Pipeline, PipelineConfig
 from soft_biometrics_ros.runtime.tracking import FaceTracker, TrackerConfig
 
 NODE_NAME = 'soft_biometrics'
-PROFILE_ENV = 'FASTDDS_DEFAULT_PROFILES_FILE'
 BAD_FRAME_LOG_PERIOD_S = 2.0
-
-
-def large_frames_profile() -> Optional[Path]:
-    """Return the shipped Fast DDS profile for frames > 512 KiB (installed or in the repo)."""
-    candidates = []
-    try:
-        from ament_index_python.packages import (PackageNotFoundError,
-                                                 get_package_share_directory)
-        try:
-            candidates.append(Path(get_package_share_directory('soft_biometrics_ros')))
-        except PackageNotFoundError:
-            pass
-    except ImportError:
-        pass
-    candidates.append(Path(__file__).resolve().parents[2])
-    for root in candidates:
-        path = root / 'fastdds' / 'large_frames.xml'
-        if path.is_file():
-            return path
-    return None
-
-
-def use_large_frames_profile(environ=os.environ) -> Optional[str]:
-    """Point Fast DDS at the large-frames profile unless the user chose a profile already.
-
-    The node publishes debug images of camera size, which Fast DDS drops silently
-    between processes above 512 KiB without a larger shared-memory segment. Must run
-    before rclpy.init. Returns the profile path set, or None when nothing was changed.
-    """
-    if environ.get(PROFILE_ENV) or environ.get('FASTRTPS_DEFAULT_PROFILES_FILE'):
-        return None
-    if 'fastrtps' not in environ.get('RMW_IMPLEMENTATION', 'rmw_fastrtps_cpp'):
-        return None
-    path = large_frames_profile()
-    if path is None:
-        return None
-    environ[PROFILE_ENV] = str(path)
-    return str(path)
 
 
 class SoftBiometricsNode(LifecycleNode):

@@ -65,7 +65,7 @@ from soft_biometrics_ros import labels
 
 from soft_biometrics_ros.ros import bag_io
 
-from soft_biometrics_ros.tools import predict as predict_cli
+from soft_biometrics_ros.tools import predict
 from soft_biometrics_ros.runtime.tracking import iou as box_iou
 
 LOGGER = logging.getLogger('soft_biometrics_eval')
@@ -329,7 +329,7 @@ def evaluate_bag(bag_path, output_dir, pipeline, topic: Optional[str] = None,
       version <= 8, i.e. Humble-era bags, else the writer's latest).
     Returns the summary written to summary.json.
     """
-    from soft_biometrics_ros.ros import messages as ros_messages
+    from soft_biometrics_ros.ros import messages
     from soft_biometrics_ros.runtime.detection import InvalidImageError
     from soft_biometrics_ros.ros.image_conversion import ImageConversionError
 
@@ -401,7 +401,7 @@ def evaluate_bag(bag_path, output_dir, pipeline, topic: Optional[str] = None,
                         continue
                     for stage, ms in timings.items():
                         stage_ms.setdefault(stage, []).append(float(ms))
-                    faces_msg = ros_messages.estimates_to_msg(
+                    faces_msg = messages.estimates_to_msg(
                         estimates, msg.header, image_size=(frame.shape[1], frame.shape[0]))
                     writer.write_message(faces_topic, message.timestamp, faces_msg)
                     counts['processed'] += 1
@@ -482,23 +482,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog='soft_biometrics_eval', description=description,
         epilog='Labels CSV' + labels_doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('bag', help='rosbag2 bag folder (or a .db3/.mcap file)')
+    bag_io.add_input_bag_argument(
+        parser, 'image topic (default: the bag\'s only Image/CompressedImage topic)')
     parser.add_argument('--output', '-o', required=True, metavar='DIR',
                         help='output folder: bag/, results.jsonl, summary.json (+ metrics)')
-    parser.add_argument('--topic', default=None,
-                        help='image topic (default: the bag\'s only Image/CompressedImage topic)')
     parser.add_argument('--labels', default=None, metavar='CSV',
                         help='ground truth per face; adds metrics.json, metrics.md and '
                              'confusion_<task>.png')
-    parser.add_argument('--faces-topic', default=bag_io.DEFAULT_FACES_TOPIC,
-                        help='topic of the FaceAttributesArray answers in the output bag')
-    parser.add_argument('--storage', choices=bag_io.STORAGE_FORMATS, default=None,
-                        help='storage of the output bag (default: the input\'s)')
-    parser.add_argument('--bag-version', type=int, choices=bag_io.BAG_VERSIONS, default=None,
-                        help='rosbag2 version of the output bag (default: 8 for Humble-era '
-                             'inputs, else 9)')
+    bag_io.add_output_bag_arguments(parser, 'the output bag')
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
-    predict_cli.add_pipeline_arguments(parser)
+    predict.add_pipeline_arguments(parser)
     return parser
 
 
@@ -520,7 +513,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         _check_inputs(args)
-        config = predict_cli.pipeline_config(args)
+        config = predict.pipeline_config(args)
     except (ValueError, bag_io.BagError) as error:
         parser.exit(2, f'soft_biometrics_eval: error: {error}\n')
     from soft_biometrics_ros.runtime.pipeline import Pipeline

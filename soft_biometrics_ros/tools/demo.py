@@ -270,7 +270,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.frames < 1:
         raise SystemExit('--frames must be >= 1')
-    from soft_biometrics_ros.ros.node import use_large_frames_profile
+    from soft_biometrics_ros.ros.fastdds import use_large_frames_profile
 
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)

@@ -274,12 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help='write the frame sequence this many times')
     parser.add_argument('--max-side', type=int, default=None,
                         help='shrink frames so their longer side is at most this many pixels')
-    parser.add_argument('--storage', choices=bag_io.STORAGE_FORMATS, default='sqlite3',
-                        help='rosbag2 storage format')
-    parser.add_argument('--bag-version', type=int, choices=bag_io.BAG_VERSIONS,
-                        default=bag_io.DEFAULT_BAG_VERSION,
-                        help='rosbag2 metadata version: 9 for Jazzy/Kilted, 8 for Humble\'s '
-                             'ros2 bag')
+    bag_io.add_output_bag_arguments(parser, 'the bag', storage_default='sqlite3',
+                                    faces_topic=False)
     return parser
 
 

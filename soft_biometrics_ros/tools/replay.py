@@ -23,15 +23,14 @@ and evaluated:
   an error the answers bag is removed when it holds no answer, so a rerun is not blocked.
 
 Frames larger than 512 KiB are dropped silently between processes by Fast DDS's default
-shared-memory segment; unless FASTDDS_DEFAULT_PROFILES_FILE is already set, this tool
-sets it to the package's fastdds/large_frames.xml before ROS starts.
+shared-memory segment; unless a profile is already set, this tool points Fast DDS at the
+package's fastdds/large_frames.xml before ROS starts (`ros.fastdds`).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import shutil
 import sys
 import time
@@ -40,11 +39,10 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from soft_biometrics_ros.ros import bag_io
+from soft_biometrics_ros.ros.fastdds import PROFILE_ENVS, PROFILE_NAME, use_large_frames_profile
 
 LOGGER = logging.getLogger('soft_biometrics_replay')
 
-PROFILE_ENV = 'FASTDDS_DEFAULT_PROFILES_FILE'
-PROFILE_NAME = 'large_frames.xml'
 SETTLE_SECONDS = 0.5
 
 
@@ -331,9 +329,7 @@ class BagPlayer:
 def replay(config: ReplayConfig, args: Optional[Sequence[str]] = None) -> ReplaySummary:
     """Start ROS (with the large-frame profile), play the bag, shut ROS down."""
     # The node's own helper: the same profile, the same rules (a user's choice wins).
-    from soft_biometrics_ros.ros.node import use_large_frames_profile
-    use_large_frames_profile()
-    LOGGER.info('Fast DDS profile: %s', os.environ.get(PROFILE_ENV) or 'none (defaults)')
+    LOGGER.info('Fast DDS profile: %s', use_large_frames_profile() or 'none (defaults)')
     import rclpy
     from rclpy.executors import ExternalShutdownException
     rclpy.init(args=args)
@@ -364,13 +360,13 @@ def build_parser() -> argparse.ArgumentParser:
         description='Publish the image topic of a rosbag2 bag (sqlite3 or mcap) to the live '
                     'ROS graph with its recorded timing, optionally with /clock, and record '
                     'the node\'s answers.',
-        epilog=f'Fast DDS: unless {PROFILE_ENV} is set, it is set to this package\'s '
+        epilog=f'Fast DDS: unless {" or ".join(PROFILE_ENVS)} is set, both are set to '
+               f'this package\'s '
                f'fastdds/{PROFILE_NAME} (16 MiB shared memory) before ROS starts, so frames '
                'over 512 KiB reach other processes. ROS arguments go after --ros-args '
                '(e.g. --ros-args -r /camera/image_raw:=/image).')
-    parser.add_argument('bag', help='rosbag2 bag folder (or a .db3/.mcap file)')
-    parser.add_argument('--topic', default=None,
-                        help='image topic to play (default: the bag\'s only image topic)')
+    bag_io.add_input_bag_argument(
+        parser, 'image topic to play (default: the bag\'s only image topic)')
     parser.add_argument('--output-topic', default=None,
                         help='publish the frames on this topic instead of the recorded one')
     parser.add_argument('--rate', type=float, default=1.0,
@@ -383,10 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
                         metavar='HZ', help='publish /clock with the bag time (default 40 Hz)')
     parser.add_argument('--record-faces', default=None, metavar='OUT_BAG',
                         help='record the node\'s FaceAttributesArray answers into this new bag')
-    parser.add_argument('--faces-topic', default=bag_io.DEFAULT_FACES_TOPIC,
-                        help='topic of the node\'s answers')
-    parser.add_argument('--storage', choices=bag_io.STORAGE_FORMATS, default=None,
-                        help='storage of the answers bag (default: the input\'s)')
+    bag_io.add_output_bag_arguments(parser, 'the answers bag', bag_version=False)
     parser.add_argument('--lockstep', action='store_true',
                         help='with --record-faces: publish each frame after the answer to the '
                              'previous one, so a busy node drops none')

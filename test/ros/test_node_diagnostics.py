@@ -2,8 +2,9 @@
 
 import pytest
 
-from soft_biometrics_ros.ros.diagnostics import (ERROR, OK, WARN, FrameStats, RateMeter,
-                                                 diagnostic_array, diagnostic_status, values_dict)
+from soft_biometrics_ros.ros.diagnostics import (ERROR, OK, WARN, diagnostic_array,
+                                                 diagnostic_status, values_dict)
+from soft_biometrics_ros.runtime.frame_stats import FrameStats, RateMeter
 
 
 class FakeClock:

@@ -20,8 +20,8 @@ from soft_biometrics_ros.ros import bag_io
 from soft_biometrics_ros.ros import image_conversion
 from soft_biometrics_ros.runtime.estimates import FaceEstimate
 from soft_biometrics_ros.runtime.tracking import iou
-from test_bag_io import (COMPRESSED_TOPIC, IMAGE_TOPIC, START_NS, face_box, face_frames,
-                         header, write_frames_bag)
+from bag_frames import (COMPRESSED_TOPIC, IMAGE_TOPIC, START_NS, face_box, face_frames,
+                        header, write_frames_bag)
 
 SIDE = 256
 CORRUPT_AT = 1  # frames 0, 2, 3 are photos; frame 1 is corrupt

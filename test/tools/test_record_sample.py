@@ -12,7 +12,7 @@ from rosbags.rosbag2 import Reader
 from soft_biometrics_ros.ros import bag_io
 
 from soft_biometrics_ros.tools import record_sample
-from test_bag_io import face_frames
+from bag_frames import face_frames
 
 
 def _read_back(path):

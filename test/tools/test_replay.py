@@ -20,7 +20,7 @@ from soft_biometrics_ros.ros import bag_io
 from soft_biometrics_ros.tools import replay
 from soft_biometrics_ros.ros.image_conversion import bgr_to_imgmsg
 from conftest import REPO_ROOT
-from test_bag_io import PERIOD_NS, START_NS, face_frames, header, write_frames_bag
+from bag_frames import PERIOD_NS, START_NS, face_frames, header, write_frames_bag
 
 
 def _finish(player, node):
@@ -41,7 +41,7 @@ def test_replay_timing_clock_remap_offset_and_large_frames(tmp_path):
     frames = [np.ascontiguousarray(f[:480]) for f in face_frames(4, side=640)]
     bag = tmp_path / 'bag'
     written = write_frames_bag(bag, frames, storage='mcap')
-    env = {k: v for k, v in os.environ.items() if k != replay.PROFILE_ENV}
+    env = {k: v for k, v in os.environ.items() if k not in replay.PROFILE_ENVS}
 
     rclpy.init()
     node = rclpy.create_node('replay_listener')
@@ -118,7 +118,7 @@ def test_config_errors_and_help():
     with pytest.raises(ValueError, match='start_offset must be >= 0'):
         replay.ReplayConfig(bag='x', start_offset=-1)
     text = replay.build_parser().format_help()
-    assert replay.PROFILE_ENV in text and 'large_frames.xml' in text
+    assert all(name in text for name in replay.PROFILE_ENVS) and 'large_frames.xml' in text
 
 
 def test_missing_topic_is_a_clear_error(tmp_path):

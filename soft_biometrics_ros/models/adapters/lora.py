@@ -17,7 +17,8 @@ from typing import List, Tuple
 
 import torch
 
-from soft_biometrics_ros.models.adapters.registry import is_int, register_method, require
+from soft_biometrics_ros.models.adapters.registry import register_method
+from soft_biometrics_ros.settings import setting, validate
 
 BLOCK_LINEARS: Tuple[str, ...] = ('attn.qkv', 'attn.proj', 'mlp.fc1', 'mlp.fc2')
 
@@ -28,34 +29,42 @@ def block_linears_regex(targets) -> str:
     return rf'(?:.*\.)?trunk\.blocks\.\d+\.(?:{alternatives})'
 
 
+# The settings LoRA-style configs share (LoRA, DoRA, LoRA+, MTLoRA): declared once here.
+
+def adapter_rank(default: int, help: str):
+    """Return the setting of a low-rank module's rank: an integer >= 1."""
+    return setting(default, help, low=1)
+
+
+def adapter_alpha():
+    """Return the setting of the scaling numerator alpha > 0 (update = alpha / rank x B A)."""
+    return setting(16.0, 'Scaling numerator: an update is alpha / rank x B A.', low=0.0,
+                   low_open=True)
+
+
+def adapter_dropout(default: float):
+    """Return the setting of the dropout on the adapters' input, in [0, 1)."""
+    return setting(default, "Dropout on the adapters' input.", low=0.0, high=1.0,
+                   high_open=True)
+
+
+def adapter_targets():
+    """Return the setting of which block linears get adapters (a subset of BLOCK_LINEARS)."""
+    return setting(BLOCK_LINEARS, 'Which block linears get adapters.', kind='names',
+                   choices=BLOCK_LINEARS)
+
+
 @dataclass
 class LoraAdapterConfig:
-    """Low-rank adapters on every block's linears (the `lora` method's config).
+    """Low-rank adapters on every block's linears (the `lora` method's config)."""
 
-    rank: rank r of each adapter. alpha: scaling numerator (update = alpha / r x B A).
-    dropout: dropout on the adapter input. targets: which block linears get an adapter,
-    any of attn.qkv, attn.proj, mlp.fc1, mlp.fc2.
-    """
-
-    rank: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.05
-    targets: Tuple[str, ...] = BLOCK_LINEARS
+    rank: int = adapter_rank(8, 'Rank r of each adapter.')
+    alpha: float = adapter_alpha()
+    dropout: float = adapter_dropout(0.05)
+    targets: Tuple[str, ...] = adapter_targets()
 
     def __post_init__(self):
-        prefix = self._prefix()
-        require(is_int(self.rank) and self.rank >= 1, f'{prefix}.rank',
-                f'must be an int >= 1, got {self.rank!r}')
-        require(isinstance(self.alpha, (int, float)) and self.alpha > 0, f'{prefix}.alpha',
-                f'must be > 0, got {self.alpha!r}')
-        require(isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1,
-                f'{prefix}.dropout', f'must be in [0, 1), got {self.dropout!r}')
-        if isinstance(self.targets, str):
-            self.targets = (self.targets,)
-        self.targets = tuple(self.targets)
-        unknown = [t for t in self.targets if t not in BLOCK_LINEARS]
-        require(bool(self.targets) and not unknown, f'{prefix}.targets',
-                f'must be a non-empty subset of {list(BLOCK_LINEARS)}, got {list(self.targets)}')
+        validate(self, self._prefix())
 
     def _prefix(self) -> str:
         return 'lora'
@@ -63,14 +72,10 @@ class LoraAdapterConfig:
 
 @dataclass
 class LoraPlusAdapterConfig(LoraAdapterConfig):
-    """LoRA with LoRA+ learning rates: B matrices train at `loraplus_lr_ratio` x lr (>= 1)."""
+    """LoRA with LoRA+ learning rates: B matrices train at `loraplus_lr_ratio` x lr."""
 
-    loraplus_lr_ratio: float = 16.0
-
-    def __post_init__(self):
-        super().__post_init__()
-        require(isinstance(self.loraplus_lr_ratio, (int, float)) and self.loraplus_lr_ratio >= 1,
-                'loraplus.loraplus_lr_ratio', f'must be >= 1, got {self.loraplus_lr_ratio!r}')
+    loraplus_lr_ratio: float = setting(16.0, 'Learning-rate ratio of the B matrices to the A '
+                                       'matrices.', low=1.0)
 
     def _prefix(self) -> str:
         return 'loraplus'

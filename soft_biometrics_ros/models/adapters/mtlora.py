@@ -29,8 +29,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from soft_biometrics_ros import labels
-from soft_biometrics_ros.models.adapters.lora import BLOCK_LINEARS
-from soft_biometrics_ros.models.adapters.registry import is_int, register_method, require
+from soft_biometrics_ros.models.adapters.lora import (adapter_alpha, adapter_dropout,
+                                                      adapter_rank, adapter_targets)
+from soft_biometrics_ros.models.adapters.registry import register_method, require
+from soft_biometrics_ros.settings import setting, validate
 from soft_biometrics_ros.models.backbone import vision_trunk
 
 POOL_LINEARS: Tuple[str, ...] = ('q', 'kv', 'proj', 'mlp.fc1', 'mlp.fc2')
@@ -38,42 +40,20 @@ POOL_LINEARS: Tuple[str, ...] = ('q', 'kv', 'proj', 'mlp.fc1', 'mlp.fc2')
 
 @dataclass
 class MTLoRAConfig:
-    """MTLoRA hyper-parameters.
+    """MTLoRA hyper-parameters (the LoRA fields' rules are shared with lora.py)."""
 
-    shared_rank: rank of the task-agnostic modules in every block.
-    task_rank: rank of each task's modules in the last blocks (and the pooling).
-    alpha: scaling numerator; an update is alpha / rank x B A for either kind.
-    dropout: dropout on the adapters' input.
-    k_last_blocks: number of final blocks with one feature stream per task (1..depth).
-    task_pool: give the attention pooling task-specific modules as well.
-    targets: which block linears get modules (attn.qkv, attn.proj, mlp.fc1, mlp.fc2).
-    """
-
-    shared_rank: int = 8
-    task_rank: int = 4
-    alpha: float = 16.0
-    dropout: float = 0.0
-    k_last_blocks: int = 4
-    task_pool: bool = True
-    targets: Tuple[str, ...] = BLOCK_LINEARS
+    shared_rank: int = adapter_rank(8, 'Rank of the task-agnostic modules in every block.')
+    task_rank: int = adapter_rank(4, "Rank of each task's modules in the last blocks (and "
+                                     'the pooling).')
+    alpha: float = adapter_alpha()
+    dropout: float = adapter_dropout(0.0)
+    k_last_blocks: int = setting(4, 'Number of final blocks with one feature stream per '
+                                    'task (1..depth).', low=1)
+    task_pool: bool = setting(True, 'Give the attention pooling task-specific modules too.')
+    targets: Tuple[str, ...] = adapter_targets()
 
     def __post_init__(self):
-        for name in ('shared_rank', 'task_rank', 'k_last_blocks'):
-            value = getattr(self, name)
-            require(is_int(value) and value >= 1, f'mtlora.{name}',
-                    f'must be an int >= 1, got {value!r}')
-        require(isinstance(self.alpha, (int, float)) and self.alpha > 0, 'mtlora.alpha',
-                f'must be > 0, got {self.alpha!r}')
-        require(isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1,
-                'mtlora.dropout', f'must be in [0, 1), got {self.dropout!r}')
-        require(isinstance(self.task_pool, bool), 'mtlora.task_pool',
-                f'must be true or false, got {self.task_pool!r}')
-        if isinstance(self.targets, str):
-            self.targets = (self.targets,)
-        self.targets = tuple(self.targets)
-        unknown = [t for t in self.targets if t not in BLOCK_LINEARS]
-        require(bool(self.targets) and not unknown, 'mtlora.targets',
-                f'must be a non-empty subset of {list(BLOCK_LINEARS)}, got {list(self.targets)}')
+        validate(self, 'mtlora')
 
 
 class MTLoRALinear(nn.Module):

@@ -10,31 +10,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from soft_biometrics_ros.models.adapters.registry import is_int, register_method, require
+from soft_biometrics_ros.models.adapters.registry import register_method, require
+from soft_biometrics_ros.settings import setting, validate
 from soft_biometrics_ros.models.backbone import vision_trunk
 
 
 @dataclass
 class PartialConfig:
-    """Which parts of the vision tower train.
+    """Which parts of the vision tower train."""
 
-    last_blocks: number of final transformer blocks to train (0..depth).
-    train_attn_pool: train the attention pooling (trunk.attn_pool).
-    train_final_norm: train the final LayerNorm before pooling (trunk.norm).
-    train_projection: train the projection to the embedding (trunk.head).
-    """
-
-    last_blocks: int = 4
-    train_attn_pool: bool = True
-    train_final_norm: bool = True
-    train_projection: bool = True
+    last_blocks: int = setting(4, 'Number of final transformer blocks to train (0..depth).',
+                               low=0)
+    train_attn_pool: bool = setting(True, 'Train the attention pooling (trunk.attn_pool).')
+    train_final_norm: bool = setting(True, 'Train the final LayerNorm before pooling '
+                                           '(trunk.norm).')
+    train_projection: bool = setting(True, 'Train the projection to the embedding '
+                                           '(trunk.head).')
 
     def __post_init__(self):
-        require(is_int(self.last_blocks) and self.last_blocks >= 0, 'partial.last_blocks',
-                f'must be an int >= 0, got {self.last_blocks!r}')
-        for name in ('train_attn_pool', 'train_final_norm', 'train_projection'):
-            require(isinstance(getattr(self, name), bool), f'partial.{name}',
-                    f'must be true or false, got {getattr(self, name)!r}')
+        validate(self, 'partial')
 
 
 @register_method('partial', PartialConfig)

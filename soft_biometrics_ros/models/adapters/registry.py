@@ -204,8 +204,3 @@ def require(ok: bool, field_name: str, message: str) -> None:
     """Raise ValueError naming the config field `field_name` (e.g. 'lora.rank') unless `ok`."""
     if not ok:
         raise ValueError(f'{field_name} {message}')
-
-
-def is_int(value) -> bool:
-    """Return whether `value` is an int (bools excluded)."""
-    return isinstance(value, int) and not isinstance(value, bool)
