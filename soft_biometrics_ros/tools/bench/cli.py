@@ -24,13 +24,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from typing import Optional, Sequence
 
 from soft_biometrics_ros.tools.bench.config import (SECTIONS, SUITES, ZERO_SHOT, BenchConfig,
                                                     parse_frame, split_list, suite_config)
-from soft_biometrics_ros.tools.bench.node import fastdds_profile
 from soft_biometrics_ros.tools.bench.report import format_short_table, format_tables, write_json
 from soft_biometrics_ros.tools.bench.run import run
 
@@ -103,10 +101,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         cfg = config_from_args(args)
     except ValueError as error:
         parser.error(str(error))
-    profile = fastdds_profile()
-    if profile and 'FASTDDS_DEFAULT_PROFILES_FILE' not in os.environ:
-        # This process publishes frames > 512 KiB to the node (see fastdds/large_frames.xml).
-        os.environ['FASTDDS_DEFAULT_PROFILES_FILE'] = profile
     results = run(cfg)
     print(format_short_table(results) if args.short else format_tables(results))
     if cfg.json:

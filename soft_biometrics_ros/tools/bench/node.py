@@ -4,34 +4,23 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
+from rclpy.qos import qos_profile_sensor_data
 from tqdm import tqdm
 
+from soft_biometrics_ros.ros.diagnostics import values_dict
+from soft_biometrics_ros.ros.node import NODE_NAME
 from soft_biometrics_ros.tools.bench.frames import BenchFrame
 from soft_biometrics_ros.tools.bench.pipeline import FrameTimes, InferencePath
 from soft_biometrics_ros.tools.bench.timing import LatencyStats
+from soft_biometrics_ros.tools.node_process import (NodeClient, log_tail, node_command,
+                                                    stamp_of, start_node, stop_node)
 
 logger = logging.getLogger('soft_biometrics_bench')
-REPO_ROOT = Path(__file__).resolve().parents[3]
-
-
-def fastdds_profile() -> Optional[str]:
-    """Path of the shipped Fast DDS large-frame profile (source tree or install space)."""
-    candidates = [REPO_ROOT / 'fastdds' / 'large_frames.xml']
-    for prefix in os.environ.get('AMENT_PREFIX_PATH', '').split(os.pathsep):
-        if prefix:
-            candidates.append(Path(prefix) / 'share' / 'soft_biometrics_ros' / 'fastdds'
-                              / 'large_frames.xml')
-    for path in candidates:
-        if path.is_file():
-            return str(path)
-    return None
 
 
 def _mean_from_diagnostic(value: str) -> Optional[float]:
@@ -61,133 +50,46 @@ class NodeUnderTest:
         self.parameters = dict(parameters)
         self.namespace = namespace or f'/soft_biometrics_bench_{os.getpid()}'
         self.log_path = Path(log_path)
-        self.process: Optional[subprocess.Popen] = None
-        self._answers: Dict[str, Tuple[float, int]] = {}
-        self._diagnostics: Optional[Dict[str, str]] = None
-        self._lock = threading.Lock()
-        self._answered = threading.Condition(self._lock)
-        self._spin_thread: Optional[threading.Thread] = None
+        self.process = None
+        self.client: Optional[NodeClient] = None
 
-    # -- process
     def command(self) -> List[str]:
         """Return the node's command line (the module the console script runs)."""
-        cmd = [sys.executable, '-m', 'soft_biometrics_ros.ros.node', '--ros-args',
-               '-r', f'__ns:={self.namespace}']
-        for name, value in self.parameters.items():
-            if isinstance(value, bool):
-                text = 'true' if value else 'false'
-            elif isinstance(value, (int, float)):
-                text = repr(value)
-            else:  # YAML single-quoted: '' stays an empty string, 'none' stays a string
-                text = "'" + str(value).replace("'", "''") + "'"
-            cmd += ['-p', f'{name}:={text}']
-        return cmd
+        return node_command(self.parameters, {'__ns': self.namespace})
 
     def start(self) -> None:
         """Start the node subprocess and this process's client node."""
-        import rclpy
-        from diagnostic_msgs.msg import DiagnosticArray
-        from rclpy.executors import SingleThreadedExecutor
-        from rclpy.qos import qos_profile_sensor_data
-        from sensor_msgs.msg import Image
-
-        from soft_biometrics_msgs.msg import FaceAttributesArray
-
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, 'w')
         logger.info('starting the node: %s', ' '.join(self.command()))
-        self.process = subprocess.Popen(self.command(), stdout=self._log,
-                                        stderr=subprocess.STDOUT, env=dict(os.environ))
-        self.context = rclpy.context.Context()
-        rclpy.init(context=self.context)
-        self.client = rclpy.create_node('soft_biometrics_bench_client', context=self.context,
-                                        namespace=self.namespace)
-        self.publisher = self.client.create_publisher(Image, 'image', qos_profile_sensor_data)
-        self.client.create_subscription(FaceAttributesArray, 'soft_biometrics/faces',
-                                        self._on_faces, qos_profile_sensor_data)
-        self.client.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics,
-                                        10)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.client)
-        self._spin_thread = threading.Thread(target=self._spin, daemon=True)
-        self._spin_thread.start()
-
-    def _spin(self) -> None:
-        while self.context.ok():
-            try:
-                self.executor.spin_once(timeout_sec=0.1)
-            except Exception:  # shutdown while spinning
-                break
+        self.process = start_node(self.command(), self.log_path)
+        # Best effort, as the camera's frames: an answer lost on the way counts as lost.
+        self.client = NodeClient('soft_biometrics_bench_client', f'{self.namespace}/image',
+                                 node=f'{self.namespace}/{NODE_NAME}',
+                                 faces_qos=qos_profile_sensor_data)
 
     def stop(self) -> None:
         """Stop the node (SIGINT, then terminate/kill) and the client."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(2)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.terminate()
-                try:
-                    self.process.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    self.process.kill()
-                    self.process.wait()
-        if getattr(self, 'context', None) is not None and self.context.ok():
-            import rclpy
-            self.executor.shutdown()
-            self.client.destroy_node()
-            rclpy.shutdown(context=self.context)
-        if self._spin_thread is not None:
-            self._spin_thread.join(timeout=5)
-        if getattr(self, '_log', None) is not None:
-            self._log.close()
+        if self.process is not None:
+            stop_node(self.process, timeout=15.0)
+        if self.client is not None:
+            self.client.close()
+            self.client = None
 
-    def log_tail(self, lines: int = 30) -> str:
-        """Return the last lines of the node's output (for error messages)."""
-        try:
-            return '\n'.join(self.log_path.read_text(errors='replace').splitlines()[-lines:])
-        except OSError:
-            return ''
+    def log_tail(self) -> str:
+        """Return the end of the node's output (for error messages)."""
+        return log_tail(self.log_path)
 
-    # -- callbacks
-    def _on_faces(self, msg) -> None:
-        now = time.perf_counter()
-        with self._answered:
-            self._answers[msg.header.frame_id] = (now, len(msg.faces))
-            self._answered.notify_all()
-
-    def _on_diagnostics(self, msg) -> None:
-        for status in msg.status:
-            values = {kv.key: kv.value for kv in status.values}
-            if 'frames processed' not in values:
-                continue
-            if self.namespace.strip('/') not in status.name and \
-                    self.namespace.strip('/') not in status.hardware_id:
-                continue
-            with self._answered:
-                self._diagnostics = values
-                self._answered.notify_all()
-
-    # -- driving
     def send(self, frame: BenchFrame, frame_id: str, timeout: float
              ) -> Optional[Tuple[float, int]]:
         """Publish `frame` as `frame_id`; return (publish -> answer ms, faces) or None."""
         msg = frame.image_msg
         msg.header.frame_id = frame_id
-        msg.header.stamp = self.client.get_clock().now().to_msg()
-        with self._answered:
-            self._answers.pop(frame_id, None)
-        sent = time.perf_counter()
-        self.publisher.publish(msg)
-        deadline = sent + timeout
-        with self._answered:
-            while frame_id not in self._answers:
-                left = deadline - time.perf_counter()
-                if left <= 0 or (self.process is not None and self.process.poll() is not None):
-                    return None
-                self._answered.wait(timeout=min(left, 0.5))
-            received, faces = self._answers.pop(frame_id)
-        return (received - sent) * 1000.0, faces
+        msg.header.stamp = self.client.node.get_clock().now().to_msg()
+        sent = self.client.publish(msg)
+        answer = self.client.wait_answer(stamp_of(msg), timeout, self.process)
+        if answer is None:
+            return None
+        faces, received = answer
+        return (received - sent) * 1000.0, len(faces.faces)
 
     def wait_ready(self, frame: BenchFrame, timeout: float) -> float:
         """Publish `frame` until the node answers; return seconds until it did."""
@@ -205,17 +107,16 @@ class NodeUnderTest:
 
     def diagnostics_after(self, processed: int, timeout: float = 20.0
                           ) -> Optional[Dict[str, str]]:
-        """Wait for a /diagnostics report counting >= `processed` frames; return its values."""
-        deadline = time.perf_counter() + timeout
-        with self._answered:
-            while True:
-                values = self._diagnostics
-                if values is not None and int(values.get('frames processed', 0)) >= processed:
-                    return dict(values)
-                left = deadline - time.perf_counter()
-                if left <= 0:
-                    return dict(values) if values is not None else None
-                self._answered.wait(timeout=min(left, 0.5))
+        """Wait for a /diagnostics report counting >= `processed` frames; return its values.
+
+        When none comes within `timeout`, the newest report (counting fewer), if any.
+        """
+        def counted(status) -> bool:
+            return int(values_dict(status).get('frames processed', 0)) >= processed
+
+        status = self.client.latest_diagnostics(timeout=timeout, predicate=counted) or \
+            self.client.newest_status()
+        return values_dict(status) if status is not None else None
 
 
 def node_processing_mean(before: Optional[Dict[str, str]], after: Optional[Dict[str, str]],
