@@ -1,8 +1,8 @@
 """The benchmark behind `soft_biometrics_bench` (`python -m soft_biometrics_ros.tools.bench`).
 
-One module a job: `config` (what to measure), `timing` and `flops` (how), `frames` (the
-input), `costs`, `pipeline` and `node` (the sections), `run` (the order), `report`
-(JSON and tables), `cli` (the command line).
+One module a job: `config` (what to measure), `timing` (how; FLOPs are counted by
+`models.flops`), `frames` (the input), `costs`, `pipeline` and `node` (the sections),
+`run` (the order), `report` (JSON and tables), `cli` (the command line).
 """
 
 from soft_biometrics_ros.tools.bench.cli import main

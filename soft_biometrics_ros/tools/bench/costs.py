@@ -9,12 +9,34 @@ import torch
 import torch.nn.functional as F
 
 from soft_biometrics_ros import labels
+from soft_biometrics_ros.models.flops import FlopCount, count_flops
 from soft_biometrics_ros.tools.bench.config import BenchConfig
-from soft_biometrics_ros.tools.bench.flops import model_flops_per_face
 from soft_biometrics_ros.tools.bench.timing import (LatencyStats, PeakMemory, autocast,
                                                     release_memory, time_calls)
 
 logger = logging.getLogger('soft_biometrics_bench')
+
+
+def model_flops_per_face(model: torch.nn.Module, device: torch.device,
+                         dtype: torch.dtype = torch.float32) -> FlopCount:
+    """Count the FLOPs of one face (batch 1) through `model` (a FaceClassifier), eval mode."""
+    size = model.input_size
+    images = torch.randn(1, 3, size, size, device=device)
+    was_training = model.training
+    # FlopCounterMode's module tracker hooks the autograd graph of inputs that require
+    # grad, and in torch 2.14 fails on timm's attention pooling (a parameter expanded
+    # under no_grad / inference_mode): count with every parameter frozen.
+    requires_grad = [(p, p.requires_grad) for p in model.parameters()]
+    model.eval()
+    try:
+        for parameter, _ in requires_grad:
+            parameter.requires_grad_(False)
+        with torch.inference_mode(), autocast(device, dtype):
+            return count_flops(lambda: model(images))
+    finally:
+        for parameter, flag in requires_grad:
+            parameter.requires_grad_(flag)
+        model.train(was_training)
 
 
 def parameter_counts(module: torch.nn.Module) -> Dict[str, int]:

@@ -1,10 +1,10 @@
-"""FLOPs per face, attention included.
+"""FLOPs of a call, attention included: what the bench and training/compare.py count.
 
 FLOPs come from `torch.utils.flop_counter.FlopCounterMode` (a multiply-add counts as 2).
 In torch 2.14 it has formulas for scaled_dot_product_attention's CUDA kernels only: the
 CPU kernel (`aten._scaled_dot_product_flash_attention_for_cpu`) counts 0. The same formula
-is registered for the CPU kernels here, so attention is counted on every device; the JSON
-says how each run was counted (`flop_counting`).
+is registered for the CPU kernels here, so attention is counted on every device; a
+count says how it was counted (`FlopCount.counting`).
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ from typing import Any, Callable, Dict, List, Tuple
 
 import torch
 from torch.utils import flop_counter
-
-from soft_biometrics_ros.tools.bench.timing import autocast
 
 
 def _sdpa_forward_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs):
@@ -79,25 +77,3 @@ def count_flops(fn: Callable[[], Any]) -> FlopCount:
                      + ', '.join(added) + f' (uncounted by torch {torch.__version__})')
     return FlopCount(total=sum(by_op.values()), attention=attention, by_op=by_op,
                      counting=counting)
-
-
-def model_flops_per_face(model: torch.nn.Module, device: torch.device,
-                         dtype: torch.dtype = torch.float32) -> FlopCount:
-    """Count the FLOPs of one face (batch 1) through `model` (a FaceClassifier), eval mode."""
-    size = model.input_size
-    images = torch.randn(1, 3, size, size, device=device)
-    was_training = model.training
-    # FlopCounterMode's module tracker hooks the autograd graph of inputs that require
-    # grad, and in torch 2.14 fails on timm's attention pooling (a parameter expanded
-    # under no_grad / inference_mode): count with every parameter frozen.
-    requires_grad = [(p, p.requires_grad) for p in model.parameters()]
-    model.eval()
-    try:
-        for parameter, _ in requires_grad:
-            parameter.requires_grad_(False)
-        with torch.inference_mode(), autocast(device, dtype):
-            return count_flops(lambda: model(images))
-    finally:
-        for parameter, flag in requires_grad:
-            parameter.requires_grad_(flag)
-        model.train(was_training)
