@@ -354,7 +354,7 @@ class NodeClient:
         this client's reply reader (seen in full-suite runs as a 120 s wait for a reply
         to the first call after a node started). The first reply that comes is taken.
         """
-        if not client.wait_for_service(timeout_sec=20.0):
+        if not client.wait_for_service(timeout_sec=60.0):
             raise AssertionError(f'service {client.srv_name} not available')
         deadline = time.monotonic() + timeout
         futures = []
@@ -379,7 +379,7 @@ class NodeClient:
         """
         request = ChangeState.Request()
         request.transition.id = TRANSITIONS[transition]
-        if not self.change_state_client.wait_for_service(timeout_sec=20.0):
+        if not self.change_state_client.wait_for_service(timeout_sec=60.0):
             raise AssertionError(f'service {self.change_state_client.srv_name} not available')
         deadline = time.monotonic() + timeout
         futures = [self.change_state_client.call_async(request)]

@@ -20,6 +20,7 @@ from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image
 
 from conftest import REPO_ROOT
+from soft_biometrics_ros.ros.fastdds import configured_profile
 
 PUBLISHER = textwrap.dedent('''
     import array, sys, time
@@ -45,8 +46,10 @@ PUBLISHER = textwrap.dedent('''
 
 
 def test_profile_is_the_shipped_file():
-    profile = Path(os.environ['FASTDDS_DEFAULT_PROFILES_FILE'])
-    assert profile == REPO_ROOT / 'fastdds' / 'large_frames.xml' and profile.is_file()
+    # The variable the installed Fast DDS reads (ros.fastdds); the installed share copy
+    # of the profile is a link to the source file.
+    profile = Path(configured_profile(os.environ))
+    assert profile.resolve() == (REPO_ROOT / 'fastdds' / 'large_frames.xml').resolve()
     text = profile.read_text()
     assert '<segment_size>16777216</segment_size>' in text
 
