@@ -33,7 +33,7 @@ setup(
             'soft_biometrics_eval = soft_biometrics_ros.tools.bag_eval:main',
             'soft_biometrics_replay = soft_biometrics_ros.tools.replay:main',
             'soft_biometrics_record_sample = soft_biometrics_ros.tools.record_sample:main',
-            'soft_biometrics_bench = soft_biometrics_ros.tools.bench:main',
+            'soft_biometrics_bench = soft_biometrics_ros.tools.bench.cli:main',
         ],
     },
 )

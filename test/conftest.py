@@ -15,9 +15,14 @@ os.environ.setdefault('ROS_DOMAIN_ID', str(random.SystemRandom().randint(1, 100)
 os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
 # Frames larger than Fast DDS's 512 KiB default shared-memory segment are dropped
 # silently between processes unless the publisher raises it (see DESIGN/README). Fast
-# DDS 3 (Kilted) reads the first name, Fast DDS 2.14 (Jazzy) the second.
-for _name in ('FASTDDS_DEFAULT_PROFILES_FILE', 'FASTRTPS_DEFAULT_PROFILES_FILE'):
-    os.environ.setdefault(_name, str(REPO_ROOT / 'fastdds' / 'large_frames.xml'))
+# DDS 3 (Kilted) reads FASTDDS_DEFAULT_PROFILES_FILE, Fast DDS 2.14 (Jazzy) the old
+# FASTRTPS_ name; ros.fastdds sets the one installed (no ROS: nothing to set).
+try:
+    from soft_biometrics_ros.ros.fastdds import use_large_frames_profile
+except ImportError:  # pragma: no cover - the core tests run without ROS too
+    pass
+else:
+    use_large_frames_profile(os.environ)
 # Two cores: keep torch from oversubscribing when node subprocesses run beside it.
 # Idle OpenMP threads must sleep, not spin: with spinning workers a pytest process and
 # a node subprocess each using torch slow each other down up to 10x (measured here).

@@ -43,7 +43,7 @@ from torch.utils import flop_counter
 from tqdm import tqdm
 
 from soft_biometrics_ros import labels
-from soft_biometrics_ros.tools.bench import attention_flop_formulas
+from soft_biometrics_ros.models.flops import attention_flop_formulas
 from training.config import ConfigError
 
 LOGGER = logging.getLogger(__name__)

@@ -27,20 +27,19 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import signal
-import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import List
 
 from soft_biometrics_ros.models.backbone import (DEFAULT_BACKBONE, DEFAULT_TAG, NO_WEIGHTS,
                                                  OFFLINE_BACKBONE, resolve_weights)
 from soft_biometrics_ros.models.checkpoint import folder_problem
 from soft_biometrics_ros.models.factory import ModelConfig
+from soft_biometrics_ros.ros.diagnostics import values_dict
 from soft_biometrics_ros.settings import SettingError
+from soft_biometrics_ros.tools import node_process
 
 DEMO_IMAGE_TOPIC = '/soft_biometrics_demo/image'
 BANNER_WIDTH = 78
@@ -115,14 +114,12 @@ def choose_model(args) -> ModelChoice:
 
 def node_command(choice: ModelChoice, args) -> List[str]:
     """Return the command line that starts the real node for the demo."""
-    command = [sys.executable, '-m', 'soft_biometrics_ros.ros.node', '--ros-args',
-               '-p', 'autostart:=true', '-p', f'device:={args.device}',
-               '-p', 'max_rate:=0.0', '-r', f'image:={DEMO_IMAGE_TOPIC}']
+    parameters = {'autostart': True, 'device': args.device, 'max_rate': 0.0}
     for name in ('checkpoint', 'backbone', 'pretrained'):
         value = getattr(choice, name)
         if value:  # empty: the node's default (the checkpoint's own)
-            command += ['-p', f'{name}:={value}']
-    return command
+            parameters[name] = value
+    return node_process.node_command(parameters, {'image': DEMO_IMAGE_TOPIC})
 
 
 def format_face_rows(estimates) -> List[str]:
@@ -138,106 +135,6 @@ def format_face_rows(estimates) -> List[str]:
 
 TABLE_HEADER = ('  face id    age group (years) conf   gender conf   emotion   conf   '
                 'detection')
-
-
-class DemoClient:
-    """The demo's own ROS node: publishes frames, collects answers and diagnostics."""
-
-    def __init__(self):
-        import rclpy
-        from diagnostic_msgs.msg import DiagnosticArray
-        from rclpy.executors import SingleThreadedExecutor
-        from rclpy.qos import QoSProfile, qos_profile_sensor_data
-        from sensor_msgs.msg import Image
-        from soft_biometrics_msgs.msg import FaceAttributesArray
-
-        self.rclpy = rclpy
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context)
-        self.node = rclpy.create_node('soft_biometrics_demo', context=self.context)
-        self.answers: Dict[Tuple[int, int], Tuple[object, float]] = {}
-        self.diagnostics = None
-        self.lock = threading.Lock()
-        self.publisher = self.node.create_publisher(Image, DEMO_IMAGE_TOPIC,
-                                                    qos_profile_sensor_data)
-        self.node.create_subscription(FaceAttributesArray, '/soft_biometrics/faces',
-                                      self._on_faces, QoSProfile(depth=20))
-        self.node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics,
-                                      QoSProfile(depth=5))
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
-
-    def _on_faces(self, msg) -> None:
-        key = (msg.header.stamp.sec, msg.header.stamp.nanosec)
-        with self.lock:
-            self.answers[key] = (msg, time.monotonic())
-
-    def _on_diagnostics(self, msg) -> None:
-        for status in msg.status:
-            if status.name.startswith('soft_biometrics'):
-                self.diagnostics = status
-
-    def configure_error(self) -> Optional[str]:
-        """Return the node's error once its /diagnostics say configure failed, else None."""
-        from diagnostic_msgs.msg import DiagnosticStatus
-        status = self.diagnostics
-        if status is None or status.level != DiagnosticStatus.ERROR:
-            return None
-        state = {kv.key: kv.value for kv in status.values}.get('state')
-        return status.message if state == 'unconfigured' else None
-
-    def subscribed(self) -> bool:
-        """Return True once the node's image subscription is matched (it is active)."""
-        return self.publisher.get_subscription_count() > 0
-
-    def close(self) -> None:
-        """Stop spinning and shut the demo's ROS context down."""
-        self.executor.shutdown()
-        self.node.destroy_node()
-        self.rclpy.shutdown(context=self.context)
-        self.thread.join(5)
-
-
-def wait_for_node(client: DemoClient, process: subprocess.Popen, timeout: float
-                  ) -> Optional[str]:
-    """Wait (with a progress bar) until the node subscribes; return None then.
-
-    Otherwise return why not, as soon as it is known: the node exited, its configure
-    failed (it stays up, unconfigured, so waiting longer would not help), or the
-    timeout passed.
-    """
-    from tqdm import tqdm
-    started = time.monotonic()
-    with tqdm(total=int(timeout), desc='loading and warming up the model', unit='s',
-              bar_format='{desc}: {n_fmt} s (limit {total_fmt} s)', leave=False,
-              disable=None, mininterval=1.0) as bar:
-        while time.monotonic() - started < timeout:
-            if process.poll() is not None:
-                return f'the node exited (code {process.returncode}) before it came up'
-            if client.subscribed():
-                return None
-            error = client.configure_error()
-            if error is not None:
-                return f'the node failed to configure: {error}'
-            time.sleep(0.25)
-            elapsed = int(time.monotonic() - started)
-            if elapsed > bar.n:
-                bar.update(elapsed - bar.n)
-    return f'the node did not come up within {timeout:.0f} s'
-
-
-def stop_node(process: subprocess.Popen) -> int:
-    """Stop the node with SIGINT and return its exit code."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    return process.returncode
 
 
 def parse_args(argv=None):
@@ -270,8 +167,6 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.frames < 1:
         raise SystemExit('--frames must be >= 1')
-    from soft_biometrics_ros.ros.fastdds import use_large_frames_profile
-
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     for old in output.glob('frame_*.jpg'):
@@ -279,7 +174,6 @@ def main(argv=None) -> int:
     # A private domain keeps the demo off other robots' graphs; discovery stays local.
     os.environ.setdefault('ROS_DOMAIN_ID', str(random.SystemRandom().randint(101, 200)))
     os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
-    use_large_frames_profile()
 
     choice = choose_model(args)
     if choice.untrained:
@@ -296,15 +190,13 @@ def main(argv=None) -> int:
     command = node_command(choice, args)
     print(f'starting the node (ROS_DOMAIN_ID={os.environ["ROS_DOMAIN_ID"]}, device '
           f'{args.device}, log {log_path})', flush=True)
-    with open(log_path, 'w') as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                   env=dict(os.environ, PYTHONUNBUFFERED='1'))
-    client = DemoClient()
+    process = node_process.start_node(command, log_path)
+    client = node_process.NodeClient('soft_biometrics_demo', DEMO_IMAGE_TOPIC)
     try:
         return run_frames(client, process, choice, args, output, log_path)
     finally:
         client.close()
-        code = stop_node(process)
+        code = node_process.stop_node(process)
         if code not in (0, None):
             print(f'node exited with code {code}; see {log_path}')
 
@@ -320,9 +212,10 @@ def run_frames(client, process, choice, args, output, log_path) -> int:
 
     started = time.monotonic()
     print('waiting for the node to load and warm up its model ...', flush=True)
-    failure = wait_for_node(client, process, args.timeout)
+    failure = client.wait_until_up(process, args.timeout,
+                                   desc='loading and warming up the model')
     if failure is not None:
-        tail = log_path.read_text()[-2500:]
+        tail = node_process.log_tail(log_path)
         print(f'{failure}\nIts log ({log_path}):\n{tail}', flush=True)
         return 1
     print(f'node active after {time.monotonic() - started:.1f} s; publishing '
@@ -338,14 +231,9 @@ def run_frames(client, process, choice, args, output, log_path) -> int:
         sent = time.monotonic()
         answer = None
         for _ in range(3):  # best-effort QoS: resend if the frame got lost on the way
-            client.publisher.publish(msg)
-            deadline = time.monotonic() + 10.0
-            while time.monotonic() < deadline and stamp not in client.answers:
-                time.sleep(0.01)
-            if stamp in client.answers:
-                answer = client.answers[stamp]
-                break
-            if process.poll() is not None:
+            client.publish(msg)
+            answer = client.wait_answer(stamp, 10.0, process)
+            if answer is not None or process.poll() is not None:
                 break
         if answer is None:
             print(f'frame {index + 1:2d}/{len(frames)}: no answer')
@@ -380,8 +268,9 @@ def print_summary(client, choice, frames, answered, faces_seen, ids, latencies, 
     if latencies:
         print(f'  answer latency    mean {sum(latencies) / len(latencies):.0f} ms, '
               f'max {max(latencies):.0f} ms')
-    if client.diagnostics is not None:
-        values = {kv.key: kv.value for kv in client.diagnostics.values}
+    status = client.newest_status()
+    if status is not None:
+        values = values_dict(status)
         for key in ('device', 'backbone', 'frames processed', 'frames dropped', 'bad frames',
                     'latency detect (ms)', 'latency classify (ms)', 'latency total (ms)'):
             if key in values:

@@ -1,21 +1,30 @@
 """ros.fastdds: every Fast DDS version (Kilted 3.x, Jazzy 2.14) gets the large-frames profile."""
 
+from pathlib import Path
+
 from soft_biometrics_ros.ros.fastdds import (PROFILE_ENVS, large_frames_profile,
-                                             use_large_frames_profile)
+                                             profile_variables, use_large_frames_profile)
 
 
-def test_both_variable_names_point_at_the_shipped_profile():
+def test_the_installed_fast_dds_is_told_apart():
+    from ament_index_python.packages import get_package_prefix
+    lib = Path(get_package_prefix('rmw_fastrtps_shared_cpp')) / 'lib'
+    fast_dds_3 = any(lib.glob('libfastdds.so*'))
+    assert profile_variables() == (PROFILE_ENVS[:1] if fast_dds_3 else PROFILE_ENVS[1:])
+
+
+def test_the_variable_fast_dds_reads_points_at_the_shipped_profile():
     environ = {}
     chosen = use_large_frames_profile(environ)
     assert chosen == str(large_frames_profile()) and chosen.endswith('large_frames.xml')
-    assert {environ[name] for name in PROFILE_ENVS} == {chosen}
+    assert environ == {name: chosen for name in profile_variables()}
 
 
-def test_a_profile_the_user_named_under_one_name_is_given_to_both():
+def test_a_profile_the_user_named_under_either_name_is_the_one_used():
     for name in PROFILE_ENVS:
         environ = {name: '/etc/my_profile.xml'}
         assert use_large_frames_profile(environ) == '/etc/my_profile.xml'
-        assert all(environ[other] == '/etc/my_profile.xml' for other in PROFILE_ENVS)
+        assert all(environ[other] == '/etc/my_profile.xml' for other in profile_variables())
 
 
 def test_other_middlewares_are_left_alone():

@@ -12,10 +12,14 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
 from conftest import REPO_ROOT
 from soft_biometrics_ros.tools import bench
+from soft_biometrics_ros.tools.bench.config import SUITES, BenchConfig, parse_frame, suite_config
+from soft_biometrics_ros.tools.bench.frames import synthetic_frame
+from soft_biometrics_ros.tools.bench.node import node_processing_mean
+from soft_biometrics_ros.tools.bench.pipeline import STAGES
+from soft_biometrics_ros.tools.bench.timing import LatencyStats
 
 T = 'PE-Core-T-16-384'
 QUICK_FACES = 2
@@ -68,7 +72,7 @@ def test_quick_suite_json_has_every_section(quick):
 def test_quick_suite_latencies_and_faces(quick):
     results, _ = quick
     inference = results['runs'][0]['inference']['fp32']
-    for stage in bench.STAGES:
+    for stage in STAGES:
         assert_positive_stats(inference['stages'][stage], stage)
     assert_positive_stats(inference['pipeline'], 'pipeline')
     assert_positive_stats(inference['end_to_end'], 'end_to_end')
@@ -141,35 +145,13 @@ def test_quick_suite_flops_and_training(quick):
         assert train['memory']['cpu_peak_rss_mib'] > 100
 
 
-def test_attention_flops_equal_explicit_attention():
-    """The SDPA formula registered for the CPU kernel counts what explicit attention does."""
-    import open_clip
-
-    visual = open_clip.create_model(T, pretrained=None).visual.eval().requires_grad_(False)
-    images = torch.randn(1, 3, 384, 384)
-    with torch.inference_mode():
-        fused = bench.count_flops(lambda: visual(images))
-        switched = 0
-        for module in visual.modules():
-            if getattr(module, 'fused_attn', False):
-                module.fused_attn = False  # timm's explicit q @ k^T, softmax, @ v path
-                switched += 1
-        explicit = bench.count_flops(lambda: visual(images))
-    assert switched >= 12
-    assert explicit.attention == 0 and fused.attention > 0
-    assert fused.total == explicit.total
-    # 12 blocks x 4 x tokens^2 x width (+ the attention-pooling latent), tokens = 24^2.
-    tokens, width = 576, 192
-    assert fused.attention >= 12 * 4 * tokens ** 2 * width
-
-
 def test_latency_stats_summary():
-    stats = bench.LatencyStats.of([4.0, 1.0, 3.0, 2.0, 100.0])
+    stats = LatencyStats.of([4.0, 1.0, 3.0, 2.0, 100.0])
     assert stats.median_ms == 3.0 and stats.min_ms == 1.0 and stats.max_ms == 100.0
     assert stats.p95_ms == pytest.approx(np.percentile([1, 2, 3, 4, 100], 95))
     assert stats.per_second == pytest.approx(1000 / 3)
     with pytest.raises(ValueError, match='no timings'):
-        bench.LatencyStats.of([])
+        LatencyStats.of([])
 
 
 def test_node_processing_mean_recovers_timed_frames():
@@ -177,33 +159,33 @@ def test_node_processing_mean_recovers_timed_frames():
         return {'frames processed': str(processed), 'latency total (ms)': f'mean {mean} max 9'}
 
     # 4 warm-up frames at 50 ms, then 6 timed frames at 20 ms: mean over 10 is 32 ms.
-    assert bench.node_processing_mean(diag(4, 50.0), diag(10, 32.0), 100) == \
+    assert node_processing_mean(diag(4, 50.0), diag(10, 32.0), 100) == \
         pytest.approx(20.0)
-    assert bench.node_processing_mean(diag(4, 50.0), diag(300, 20.0), 100) == 20.0
-    assert bench.node_processing_mean(diag(4, 50.0), diag(4, 50.0), 100) is None
-    assert bench.node_processing_mean(None, None, 100) is None
+    assert node_processing_mean(diag(4, 50.0), diag(300, 20.0), 100) == 20.0
+    assert node_processing_mean(diag(4, 50.0), diag(4, 50.0), 100) is None
+    assert node_processing_mean(None, None, 100) is None
 
 
 def test_config_errors_name_the_field():
     with pytest.raises(ValueError, match='backbones'):
-        bench.BenchConfig(backbones=('PE-Core-X-1',))
+        BenchConfig(backbones=('PE-Core-X-1',))
     with pytest.raises(ValueError, match="methods: unknown method 'lorax'"):
-        bench.BenchConfig(methods=('lorax',))
+        BenchConfig(methods=('lorax',))
     with pytest.raises(ValueError, match='precisions'):
-        bench.BenchConfig(precisions=('fp8',))
+        BenchConfig(precisions=('fp8',))
     # int8 replaces the classifier's layers for good, so it is measured last.
-    assert bench.BenchConfig(precisions=('int8', 'fp32')).precisions == ('fp32', 'int8')
+    assert BenchConfig(precisions=('int8', 'fp32')).precisions == ('fp32', 'int8')
     with pytest.raises(ValueError, match='iterations must be >= 1'):
-        bench.BenchConfig(iterations=0)
+        BenchConfig(iterations=0)
     with pytest.raises(ValueError, match='detection_scale'):
-        bench.BenchConfig(detection_scale=2.0)
+        BenchConfig(detection_scale=2.0)
     with pytest.raises(ValueError, match='WIDTHxHEIGHT'):
-        bench.parse_frame('640by480')
+        parse_frame('640by480')
     with pytest.raises(ValueError, match='suite'):
-        bench.suite_config('huge')
-    cfg = bench.suite_config('cpu', backbones=['T,S'], precisions=['fp32'], iterations=None)
+        suite_config('huge')
+    cfg = suite_config('cpu', backbones=['T,S'], precisions=['fp32'], iterations=None)
     assert cfg.backbones == (T, 'PE-Core-S-16-384')
-    assert cfg.iterations == bench.SUITES['cpu']['iterations']
+    assert cfg.iterations == SUITES['cpu']['iterations']
     assert cfg.pipeline_method == cfg.methods[0]
 
 
@@ -215,10 +197,10 @@ def test_cli_rejects_bad_options_with_a_message(capsys):
 
 
 def test_synthetic_frame_size_and_errors():
-    frame = bench.synthetic_frame(5, (1920, 1080))
+    frame = synthetic_frame(5, (1920, 1080))
     assert frame.shape == (1080, 1920, 3) and frame.dtype == np.uint8
     with pytest.raises(ValueError, match='too small'):
-        bench.synthetic_frame(30, (128, 128))
+        synthetic_frame(30, (128, 128))
 
 
 # ---------------------------------------------------------------------------------- CUDA
@@ -232,7 +214,7 @@ def cuda_pipeline():
 
 @pytest.mark.cuda
 def test_cuda_pipeline_bf16_gives_valid_probabilities_matching_fp32(cuda_pipeline):
-    frame = bench.synthetic_frame(4, (1280, 720))
+    frame = synthetic_frame(4, (1280, 720))
     cuda_pipeline.classifier.set_precision('fp32')
     fp32, _ = cuda_pipeline.process(frame)
     cuda_pipeline.classifier.set_precision('bf16')
