@@ -302,3 +302,72 @@ class Rep155FaceSource:
             self._pending.clear()
             self._tracked = []
         self.node.destroy_subscription(self._tracked_sub)
+
+
+class Rep155Reader:
+    """Reads the REP-155 faces on a graph as libhri does (for the demo and for debugging).
+
+    Subscribes /humans/faces/tracked, and per listed id its expression and softbiometrics;
+    an id's subscriptions go when it leaves the list. `latest()` returns the tracked ids
+    and, per id, the newest Expression and SoftBiometrics received (None until one is).
+    """
+
+    def __init__(self, node):
+        self.node = node
+        self.hri = import_hri_msgs()
+        self._lock = threading.Lock()
+        self._ids: List[str] = []
+        self._subscriptions: Dict[str, list] = {}
+        self._latest: Dict[str, Dict[str, object]] = {}
+        node.create_subscription(self.hri.IdsList, TRACKED_TOPIC, self._on_tracked,
+                                 SUBSCRIBER_QOS)
+
+    def _on_tracked(self, msg) -> None:
+        with self._lock:
+            for face_id in [i for i in self._subscriptions if i not in msg.ids]:
+                for subscription in self._subscriptions.pop(face_id):
+                    self.node.destroy_subscription(subscription)
+                self._latest.pop(face_id, None)
+            for face_id in msg.ids:
+                if face_id in self._subscriptions:
+                    continue
+                self._latest[face_id] = {'expression': None, 'softbiometrics': None}
+                self._subscriptions[face_id] = [
+                    self.node.create_subscription(
+                        kind, face_topic(face_id, name),
+                        lambda m, key=(face_id, name): self._on_face(key, m), SUBSCRIBER_QOS)
+                    for name, kind in (('expression', self.hri.Expression),
+                                       ('softbiometrics', self.hri.SoftBiometrics))]
+            self._ids = list(msg.ids)
+
+    def _on_face(self, key, msg) -> None:
+        face_id, name = key
+        with self._lock:
+            if face_id in self._latest:
+                self._latest[face_id][name] = msg
+
+    def latest(self):
+        """Return (tracked ids, {id: {'expression': msg, 'softbiometrics': msg}})."""
+        with self._lock:
+            return list(self._ids), {i: dict(v) for i, v in self._latest.items()}
+
+
+GENDER_WORDS = {0: 'undefined', 1: 'female', 2: 'male', 3: 'other'}
+
+
+def describe_rep155(ids: Sequence[str], latest: Dict[str, Dict[str, object]]) -> List[str]:
+    """Return printable lines of a Rep155Reader snapshot (the demo's REP-155 rows)."""
+    lines = [f'  REP-155 /humans/faces/tracked: [{", ".join(ids)}]']
+    for face_id in ids:
+        expression = latest.get(face_id, {}).get('expression')
+        bio = latest.get(face_id, {}).get('softbiometrics')
+        parts = [f'  {face_id:<10}']
+        if expression is not None:
+            parts.append(f'expression {expression.expression} ({expression.confidence:.2f}, '
+                         f'valence {expression.valence:+.2f}, arousal {expression.arousal:+.2f})')
+        if bio is not None:
+            parts.append(f'age {bio.age} ({bio.age_confidence:.2f}), gender '
+                         f'{GENDER_WORDS.get(bio.gender, bio.gender)} '
+                         f'({bio.gender_confidence:.2f})')
+        lines.append('  '.join(parts) if len(parts) > 1 else parts[0] + '(nothing yet)')
+    return lines
