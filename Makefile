@@ -9,7 +9,12 @@ ENV := . scripts/env.sh &&
 DEPS_STAMP := $(VENV)/.deps-stamp
 BUILD_STAMP := install/.build-stamp
 MSG_SOURCES := $(wildcard soft_biometrics_msgs/msg/*.msg) soft_biometrics_msgs/CMakeLists.txt \
-	soft_biometrics_msgs/package.xml soft_biometrics_msgs/cmake/drop_missing_include_dirs.cmake
+	soft_biometrics_msgs/package.xml soft_biometrics_msgs/cmake/drop_missing_include_dirs.cmake \
+	$(wildcard test/fixtures/hri_msgs/msg/*.msg) test/fixtures/hri_msgs/CMakeLists.txt \
+	test/fixtures/hri_msgs/package.xml
+# The packages `make setup` builds: both of this repository, and the test fixture
+# hri_msgs (the ROS4HRI messages the tests need; never installed for users).
+COLCON_PATHS := . soft_biometrics_msgs test/fixtures/hri_msgs
 PKG_SOURCES := package.xml setup.py setup.cfg $(wildcard launch/*.py config/*.yaml config/train/*.yaml fastdds/*.xml)
 PYTEST_ARGS ?=
 
@@ -34,7 +39,7 @@ $(DEPS_STAMP): requirements/pins.txt requirements/runtime.txt requirements/nodep
 	touch $@
 
 $(BUILD_STAMP): $(DEPS_STAMP) $(MSG_SOURCES) $(PKG_SOURCES)
-	bash -c '$(ENV) colcon build --base-paths . soft_biometrics_msgs --symlink-install --event-handlers console_direct-'
+	bash -c '$(ENV) colcon build --base-paths $(COLCON_PATHS) --symlink-install --event-handlers console_direct-'
 	touch $@
 
 build: $(BUILD_STAMP)

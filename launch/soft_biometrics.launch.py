@@ -6,8 +6,9 @@
 Arguments: image (input topic; image/compressed is remapped beside it), namespace,
 params_file (default: the installed config/node.yaml), and the node parameters device,
 checkpoint (a trained checkpoint directory), backbone, pretrained (meta, none or a
-local weights file, e.g. pretrained:=/path/to/PE-Core-L-14-336.safetensors) and
-autostart (false = wait for lifecycle transitions from a lifecycle manager). A node
+local weights file, e.g. pretrained:=/path/to/PE-Core-L-14-336.safetensors), autostart
+(false = wait for lifecycle transitions from a lifecycle manager), publish_ros4hri and
+face_source (ROS4HRI, e.g. face_source:=ros4hri beside hri_face_detect). A node
 parameter argument left empty (the default) keeps the value of params_file; every other
 parameter comes from params_file.
 
@@ -33,10 +34,16 @@ LAUNCH_ARGUMENTS = {
                        'empty = params_file\'s (the checkpoint\'s, or meta).'),
     'autostart': ('', 'true = configure and activate at start; false = wait for lifecycle '
                       'transitions; empty = params_file\'s (true in config/node.yaml).'),
+    'publish_ros4hri': ('', 'true = publish ROS4HRI (REP-155) /humans/faces/... topics '
+                            '(needs hri_msgs); empty = params_file\'s (false).'),
+    'face_source': ('', 'camera (the image topic) or ros4hri (faces another REP-155 '
+                        'detector tracks, e.g. hri_face_detect); empty = params_file\'s '
+                        '(camera).'),
 }
 # Launch arguments that set the node parameter of the same name when not empty.
 PARAMETER_ARGUMENTS = {'device': str, 'checkpoint': str, 'backbone': str,
-                       'pretrained': str, 'autostart': bool}
+                       'pretrained': str, 'autostart': bool, 'publish_ros4hri': bool,
+                       'face_source': str}
 
 
 def default_params_file():

@@ -40,6 +40,7 @@ import threading
 import time
 from typing import Any, Dict, Optional
 
+import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
@@ -55,6 +56,8 @@ from soft_biometrics_ros.ros.fastdds import use_large_frames_profile
 from soft_biometrics_ros.ros.diagnostics import diagnostic_array, diagnostic_status
 from soft_biometrics_ros.ros.image_conversion import (ImageConversionError, bgr_to_imgmsg,
                                                       compressed_to_bgr, imgmsg_to_bgr)
+from soft_biometrics_ros.ros.ros4hri import (TRACKED_TOPIC, Rep155FaceSource, Rep155Publisher,
+                                             Ros4hriUnavailable, import_hri_msgs)
 from soft_biometrics_ros.ros.parameters import (PARAMETERS, SPECS, check_parameter,
                                                 check_parameters, descriptor, parameters_help,
                                                 settings_from, unknown_parameter_problems)
@@ -62,9 +65,12 @@ from soft_biometrics_ros.ros.messages import estimates_to_msg
 from soft_biometrics_ros.runtime.frame_buffer import LatestFrameBuffer
 from soft_biometrics_ros.runtime.frame_stats import FrameStats
 from soft_biometrics_ros.runtime.pipeline import Pipeline, PipelineConfig
+from soft_biometrics_ros.runtime.rep155 import Rep155Settings
 from soft_biometrics_ros.runtime.tracking import FaceTracker, TrackerConfig
 
 NODE_NAME = 'soft_biometrics'
+# What the ROS4HRI face source puts into the frame buffer: 'face images arrived'.
+ROS4HRI_CROPS = object()
 BAD_FRAME_LOG_PERIOD_S = 2.0
 
 
@@ -107,6 +113,10 @@ class SoftBiometricsNode(LifecycleNode):
         self._stop = threading.Event()
         self._subscription = None
         self._compressed_input = False
+        # ROS4HRI (REP-155): settings read at configure, roles created at activate.
+        self._rep155: Optional[Rep155Settings] = None
+        self._rep155_pub: Optional[Rep155Publisher] = None
+        self._face_source: Optional[Rep155FaceSource] = None
         self._faces_pub = None
         self._debug_pub = None
         self._last_bad_log: Dict[str, float] = {}
@@ -210,7 +220,10 @@ class SoftBiometricsNode(LifecycleNode):
         try:
             config = settings_from(values, PipelineConfig)
             source = config.resolve()
-        except ValueError as error:  # a weights file whose name names no architecture
+            if settings_from(values, Rep155Settings).needs_hri_msgs:
+                import_hri_msgs()
+        except (ValueError, Ros4hriUnavailable) as error:
+            # a weights file whose name names no architecture; hri_msgs not installed
             return self._fail(f'configure failed: {error}')
         if source.backbone_from == 'weights path':
             self.get_logger().info(
@@ -253,12 +266,24 @@ class SoftBiometricsNode(LifecycleNode):
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Subscribe to the camera and start the inference worker."""
         self._compressed_input = bool(self.get_parameter('compressed').value)
-        if self._compressed_input:
+        try:  # activate-time settings, as they are now
+            self._rep155 = settings_from(self.parameter_values(), Rep155Settings)
+            self._start_rep155()
+        except (ValueError, Ros4hriUnavailable) as error:
+            self._stop_rep155()
+            self._error = f'activate failed: {error}'
+            self.get_logger().error(self._error)
+            return TransitionCallbackReturn.FAILURE
+        if self._face_source is not None:
+            source = f'{TRACKED_TOPIC} (face_source ros4hri, {self._rep155.face_image})'
+        elif self._compressed_input:
             self._subscription = self.create_subscription(
                 CompressedImage, 'image/compressed', self._on_image, qos_profile_sensor_data)
+            source = f'{self._subscription.topic_name} (CompressedImage)'
         else:
             self._subscription = self.create_subscription(
                 Image, 'image', self._on_image, qos_profile_sensor_data)
+            source = f'{self._subscription.topic_name} (Image)'
         self._buffer.clear()
         self._buffer.open()
         self._reset_tracks()
@@ -268,10 +293,29 @@ class SoftBiometricsNode(LifecycleNode):
         self._worker.start()
         self._state = 'active'
         self.get_logger().info(
-            f'active: subscribed to {self._subscription.topic_name} '
-            f'({"CompressedImage" if self._compressed_input else "Image"}), max_rate '
-            f'{self._max_rate:g} Hz')
+            f'active: subscribed to {source}, max_rate {self._max_rate:g} Hz'
+            + (', publishing ROS4HRI /humans/faces/...' if self._rep155_pub else ''))
         return super().on_activate(state)
+
+    def _start_rep155(self) -> None:
+        """Create the REP-155 roles the settings ask for (at activate)."""
+        settings = self._rep155
+        if settings.face_source == 'ros4hri':
+            self._face_source = Rep155FaceSource(
+                self, settings.face_image, on_crop=self._on_rep155_crop,
+                on_bad=self._bad_frame)
+            self._rep155_pub = Rep155Publisher(self, settings, attributes_only=True)
+        elif settings.publish:
+            self._rep155_pub = Rep155Publisher(self, settings)
+
+    def _stop_rep155(self) -> None:
+        """Destroy the REP-155 roles (an empty tracked list is published first)."""
+        source, self._face_source = self._face_source, None
+        if source is not None:
+            source.close()
+        publisher, self._rep155_pub = self._rep155_pub, None
+        if publisher is not None:
+            publisher.close()
 
     def _stop_processing(self) -> None:
         if self._subscription is not None:
@@ -283,6 +327,7 @@ class SoftBiometricsNode(LifecycleNode):
             self._worker.join()
             self._worker = None
         self._buffer.clear()
+        self._stop_rep155()
 
     def _reset_tracks(self) -> None:
         """Forget every tracked face (a later face in the same place gets a new id)."""
@@ -356,7 +401,10 @@ class SoftBiometricsNode(LifecycleNode):
                 continue
             last_started = time.monotonic()
             try:
-                self.process_frame(msg)
+                if msg is ROS4HRI_CROPS:
+                    self.process_rep155_moment()
+                else:
+                    self.process_frame(msg)
             except Exception as error:  # a worker that dies silently would look like a hang
                 self._bad_frame('internal', f'processing failed: {type(error).__name__}: '
                                             f'{error}')
@@ -399,6 +447,7 @@ class SoftBiometricsNode(LifecycleNode):
                 return None
             nonfinite = tracker.nonfinite
             estimates = tracker.update(estimates, stamp=stamp)
+            live_ids = tracker.live_ids(estimates)
             nonfinite, total = tracker.nonfinite - nonfinite, tracker.nonfinite
         if nonfinite:
             self._warn_throttled('nonfinite', lambda: (
@@ -410,6 +459,9 @@ class SoftBiometricsNode(LifecycleNode):
         if faces_pub is None:
             return None
         faces_pub.publish(out)
+        rep155_pub = self._rep155_pub
+        if rep155_pub is not None:
+            rep155_pub.publish(msg.header, estimates, live_ids, image)
         if self._publish_debug and debug_pub is not None and \
                 debug_pub.get_subscription_count() > 0:
             from soft_biometrics_ros.runtime.drawing import draw_estimates
@@ -420,6 +472,66 @@ class SoftBiometricsNode(LifecycleNode):
         latencies.update(decode=(t1 - t0) * 1e3, publish=(t3 - t2) * 1e3,
                          total=(t3 - t0) * 1e3)
         self.stats.record_processed(latencies, faces=len(estimates))
+        return out
+
+    # ---- ROS4HRI input (face_source: ros4hri) ----
+
+    def _on_rep155_crop(self) -> None:
+        """Wake the worker: a face image of the REP-155 detector arrived (nothing queues)."""
+        self.stats.record_received()
+        self._buffer.put(ROS4HRI_CROPS)
+
+    def process_rep155_moment(self) -> Optional[FaceAttributesArray]:
+        """Classify the face images of one moment in one batch; answer under their ids.
+
+        Publishes expression and softbiometrics per id (each with its image's header) and
+        ~/faces (the newest image's header, the detector's ids; roi and
+        detection_confidence are the detector's to publish and stay empty here).
+        """
+        source = self._face_source
+        if source is None:
+            return None
+        t0 = time.perf_counter()
+        ids, crops, headers = [], [], []
+        for face_id, msg in source.take_moment().items():
+            try:
+                image = imgmsg_to_bgr(msg)
+            except ImageConversionError as error:
+                self._bad_frame(error.kind, f'face image of {face_id}: {error}')
+                continue
+            ids.append(face_id)
+            crops.append(np.ascontiguousarray(image[:, :, ::-1]))
+            headers.append(msg.header)
+        if not ids:
+            return None
+        t1 = time.perf_counter()
+        with self._model_lock:
+            if self._pipeline is None:
+                return None
+            try:
+                estimates = self._pipeline.classify_crops(crops)
+            except Exception as error:
+                self._bad_frame('inference', f'inference failed on {len(crops)} face '
+                                             f'images: {type(error).__name__}: {error}')
+                return None
+        for face_id, estimate in zip(ids, estimates):
+            estimate.face_id = face_id
+        t2 = time.perf_counter()
+        newest = max(range(len(headers)),
+                     key=lambda i: (headers[i].stamp.sec, headers[i].stamp.nanosec))
+        out = estimates_to_msg(estimates, headers[newest])
+        faces_pub, rep155_pub = self._faces_pub, self._rep155_pub
+        if faces_pub is None:
+            return None
+        faces_pub.publish(out)
+        if rep155_pub is not None:
+            live = source.tracked_ids
+            for header, estimate in zip(headers, estimates):
+                rep155_pub.publish(header, [estimate], live)
+        t3 = time.perf_counter()
+        self.stats.record_processed({'decode': (t1 - t0) * 1e3, 'classify': (t2 - t1) * 1e3,
+                                     'publish': (t3 - t2) * 1e3, 'total': (t3 - t0) * 1e3},
+                                    faces=len(estimates))
         return out
 
     # ---- diagnostics ----

@@ -26,6 +26,7 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 
 from soft_biometrics_ros.models.factory import ModelConfig
 from soft_biometrics_ros.runtime.pipeline import PipelineConfig
+from soft_biometrics_ros.runtime.rep155 import Rep155Settings
 from soft_biometrics_ros.runtime.tracking import TrackerConfig
 from soft_biometrics_ros.settings import check_value, field_of, help_of, rule_of, setting
 
@@ -114,6 +115,12 @@ PARAMETERS: Tuple[ParameterSpec, ...] = (
     # A robot's stream pauses; 2 s of stamp time without a face is a new person.
     _spec(TrackerConfig, 'max_age_s', 'max_track_age_s', default=2.0, applies='live'),
     _spec(NodeSettings, 'publish_debug_image'),
+    _spec(Rep155Settings, 'publish', 'publish_ros4hri'),
+    _spec(Rep155Settings, 'face_source'),
+    _spec(Rep155Settings, 'face_image', 'ros4hri_face_image'),
+    _spec(Rep155Settings, 'face_width', 'ros4hri_face_width'),
+    _spec(Rep155Settings, 'face_height', 'ros4hri_face_height'),
+    _spec(Rep155Settings, 'gender_min_confidence', 'ros4hri_gender_min_confidence'),
 )
 
 SPECS: Dict[str, ParameterSpec] = {spec.name: spec for spec in PARAMETERS}

@@ -178,6 +178,21 @@ class Pipeline:
             probabilities = self.classifier.predict_proba(batch)
         return {task: probabilities[task].float().cpu().numpy() for task in labels.TASKS}
 
+    def classify_crops(self, crops: List[np.ndarray]) -> List[FaceEstimate]:
+        """Classify face images another detector cropped (RGB uint8), in one batch.
+
+        No detection: each estimate has an empty box (0, 0, 0, 0) and detection score 0
+        (the crop's detector knows them); the crops are resized to the classifier's input.
+        """
+        if not crops:
+            return []
+        for i, crop in enumerate(crops):
+            check_image(crop, f'crops[{i}]', allow_gray=False)
+        probabilities = self.classify(crops)
+        return [FaceEstimate.from_probabilities(
+            (0.0, 0.0, 0.0, 0.0), 0.0, {task: probabilities[task][i] for task in labels.TASKS})
+            for i in range(len(crops))]
+
     def __call__(self, image: np.ndarray, color_order: str = 'bgr') -> List[FaceEstimate]:
         """Return one FaceEstimate per detected face (see `process`)."""
         return self.process(image, color_order)[0]

@@ -160,6 +160,16 @@ class FaceTracker:
         self._ids = ids if ids is not None else itertools.count(1)
         self._last_stamp: Optional[float] = None
 
+    def live_ids(self, latest: Sequence[FaceEstimate]) -> List[str]:
+        """Return the ids of the faces tracked now: every live track, oldest first.
+
+        Tracks seen in the last frame and those kept through a short miss
+        (max_missed / max_age_s). Without tracking: the ids of `latest` (this frame's).
+        """
+        if not self.enabled:
+            return [e.face_id for e in latest if e.face_id]
+        return [t.face_id for t in self.tracks]
+
     def new_id(self) -> str:
         """Return the next unused face id (prefix + counter, e.g. 'f0001')."""
         return f'{self.config.id_prefix}{next(self._ids):04d}'

@@ -18,7 +18,8 @@ What it does:
    node's own /diagnostics).
 
 Options: --backbone, --pretrained (meta | FILE | none), --checkpoint, --device,
---frames, --output, --timeout. Example with real weights on a GPU:
+--frames, --output, --timeout, --ros4hri (also publish and print the REP-155
+topics). Example with real weights on a GPU:
 `python -m soft_biometrics_ros.tools.demo --backbone PE-Core-L-14-336 --device cuda`.
 """
 
@@ -115,6 +116,8 @@ def choose_model(args) -> ModelChoice:
 def node_command(choice: ModelChoice, args) -> List[str]:
     """Return the command line that starts the real node for the demo."""
     parameters = {'autostart': True, 'device': args.device, 'max_rate': 0.0}
+    if args.ros4hri:
+        parameters['publish_ros4hri'] = True
     for name in ('checkpoint', 'backbone', 'pretrained'):
         value = getattr(choice, name)
         if value:  # empty: the node's default (the checkpoint's own)
@@ -157,6 +160,9 @@ def parse_args(argv=None):
     parser.add_argument('--frames', type=int, default=12, help='sample frames to publish')
     parser.add_argument('--output', default='demo_output',
                         help='folder for annotated frames and the node log')
+    parser.add_argument('--ros4hri', action='store_true',
+                        help='also publish the ROS4HRI (REP-155) topics and print what a '
+                             'libhri reader gets from /humans/faces/... (needs hri_msgs)')
     parser.add_argument('--timeout', type=float, default=300.0,
                         help='seconds to wait for the node to load its model')
     return parser.parse_args(argv)
@@ -186,12 +192,21 @@ def main(argv=None) -> int:
     else:
         print(f'model: {choice.note}', flush=True)
 
+    if args.ros4hri:
+        from soft_biometrics_ros.ros.ros4hri import Ros4hriUnavailable, import_hri_msgs
+        try:
+            import_hri_msgs()
+        except Ros4hriUnavailable as error:
+            raise SystemExit(f'--ros4hri: {error}') from None
     log_path = output / 'node.log'
     command = node_command(choice, args)
     print(f'starting the node (ROS_DOMAIN_ID={os.environ["ROS_DOMAIN_ID"]}, device '
           f'{args.device}, log {log_path})', flush=True)
     process = node_process.start_node(command, log_path)
     client = node_process.NodeClient('soft_biometrics_demo', DEMO_IMAGE_TOPIC)
+    if args.ros4hri:
+        from soft_biometrics_ros.ros.ros4hri import Rep155Reader
+        client.rep155 = Rep155Reader(client.node)
     try:
         return run_frames(client, process, choice, args, output, log_path)
     finally:
@@ -249,6 +264,12 @@ def run_frames(client, process, choice, args, output, log_path) -> int:
               f'{latency_ms:.0f} ms')
         for row in format_face_rows(estimates):
             print(row)
+        reader = getattr(client, 'rep155', None)
+        if reader is not None:
+            from soft_biometrics_ros.ros.ros4hri import describe_rep155
+            time.sleep(0.1)  # the per-face topics follow ~/faces
+            for line in describe_rep155(*reader.latest()):
+                print(line)
         annotated = draw_estimates(frame.image, estimates)
         if choice.untrained:
             cv2.putText(annotated, 'UNTRAINED: random weights, labels meaningless', (8, 22),

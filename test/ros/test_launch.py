@@ -36,7 +36,7 @@ def test_module_level_import_needs_no_launch():
     assert callable(module.generate_launch_description)
     assert set(module.LAUNCH_ARGUMENTS) == {'image', 'device', 'checkpoint', 'backbone',
                                             'pretrained', 'namespace', 'autostart',
-                                            'params_file'}
+                                            'params_file', 'publish_ros4hri', 'face_source'}
     params_file = module.default_params_file()
     assert params_file.endswith('node.yaml')
     assert os.path.isfile(params_file), params_file  # installed, or the checkout's
@@ -80,8 +80,8 @@ def test_node_action_matches_the_package():
 def test_parameter_arguments_are_node_parameters_of_their_type():
     from soft_biometrics_ros.ros.parameters import SPECS
     module = load_module()
-    assert {'device', 'checkpoint', 'backbone', 'pretrained', 'autostart'} == \
-        set(module.PARAMETER_ARGUMENTS)
+    assert {'device', 'checkpoint', 'backbone', 'pretrained', 'autostart', 'publish_ros4hri',
+            'face_source'} == set(module.PARAMETER_ARGUMENTS)
     for name, kind in module.PARAMETER_ARGUMENTS.items():
         assert type(SPECS[name].default) is kind, name
         assert module.LAUNCH_ARGUMENTS[name][0] == '', name  # empty: params_file's value
@@ -98,6 +98,8 @@ def test_empty_parameter_arguments_keep_the_params_file_values():
         'device': 'cpu', 'autostart': False}
     assert overrides({'backbone': 'PE-Core-L-14-336', 'autostart': 'true'}) == {
         'backbone': 'PE-Core-L-14-336', 'autostart': True}
+    assert overrides({'publish_ros4hri': 'true', 'face_source': 'ros4hri'}) == {
+        'publish_ros4hri': True, 'face_source': 'ros4hri'}
     with pytest.raises(ValueError, match='autostart:=yes must be true or false'):
         overrides({'autostart': 'yes'})
 

@@ -137,3 +137,10 @@ def test_demo_stops_waiting_when_the_node_fails_to_configure(monkeypatch, tmp_pa
     log = (output / 'node.log').read_text()
     assert 'configure failed: could not load checkpoint' in log
     assert f'Its log ({output / "node.log"})' in out
+
+
+def test_ros4hri_option_turns_the_rep155_output_on():
+    choice = demo.ModelChoice('', 'PE-Core-T-16-384', 'none', True, 'test')
+    command = demo.node_command(choice, args('--device', 'cpu', '--ros4hri'))
+    assert 'publish_ros4hri:=true' in command
+    assert 'publish_ros4hri:=true' not in demo.node_command(choice, args('--device', 'cpu'))

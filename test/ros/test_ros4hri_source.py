@@ -1,0 +1,104 @@
+"""ROS4HRI (REP-155) input on a real graph: face_source ros4hri beside another detector.
+
+A fake REP-155 detector (`hri_graph.FakeDetector`) publishes tracked ids and their
+cropped faces; the node classifies them and answers under the detector's ids, survives
+bad crops, and forgets ids that leave the list.
+"""
+
+import time
+
+import numpy as np
+import pytest
+
+from hri_graph import FakeDetector, HriListener, wait_for
+from node_graph import GraphClient, start_node, stop_node, values
+from soft_biometrics_ros import labels
+from soft_biometrics_ros.sample_data import portrait_bgr
+
+
+@pytest.fixture(scope='module')
+def source_graph(tmp_path_factory):
+    """The node with face_source ros4hri, and a fake REP-155 detector beside it."""
+    log_path = tmp_path_factory.mktemp('ros4hri_source') / 'node.log'
+    process = start_node(log_path, '-p', 'max_rate:=0.0', '-p', 'face_source:=ros4hri')
+    client = GraphClient('fake_rep155_detector')
+    listener = HriListener(client.node, topics=('expression', 'softbiometrics'))
+    try:
+        if not client.wait_until_active(timeout=240):
+            raise AssertionError('node did not become active:\n' + log_path.read_text())
+        yield client, listener, log_path, FakeDetector(client.node)
+    finally:
+        client.close()
+        code = stop_node(process)
+        assert code == 0, f'node exited with {code}:\n{log_path.read_text()[-3000:]}'
+
+
+def test_node_answers_another_detectors_faces_under_its_ids(source_graph):
+    client, listener, log_path, detector = source_graph
+    crops = {'abcde': portrait_bgr(0, 128)[0], 'fghij': portrait_bgr(1, 128)[0]}
+    answered = None
+    for i in range(40):  # until the node's per-id subscriptions are matched
+        stamp = (4000 + i, 0)
+        detector.publish(stamp, crops)
+        answer = client.answer(stamp, timeout=3)
+        if answer is not None and len(answer.faces) == 2:
+            answered = answer
+            break
+    assert answered is not None, log_path.read_text()[-3000:]
+    assert sorted(face.face_id for face in answered.faces) == ['abcde', 'fghij']
+    assert answered.header.frame_id == 'head_camera'
+    for face in answered.faces:
+        assert face.emotion.emotion in labels.EMOTIONS and face.roi.width == 0
+    for face_id in crops:
+        for topic in ('expression', 'softbiometrics'):
+            assert wait_for(lambda: listener.messages(face_id, topic), 10), (face_id, topic)
+        msg = listener.messages(face_id, 'expression')[-1]
+        assert msg.header.frame_id == 'head_camera' and msg.expression in labels.EMOTIONS
+    # the node publishes no tracked list of its own in this mode (the detector's is the one)
+    assert client.node.count_publishers('/humans/faces/tracked') == 1
+
+
+def test_bad_crops_are_counted_and_skipped_and_ids_that_leave_are_forgotten(source_graph):
+    client, listener, log_path, detector = source_graph
+    good = {'abcde': portrait_bgr(0, 128)[0], 'fghij': portrait_bgr(1, 128)[0]}
+    started = time.monotonic()
+
+    def bad_kinds():
+        diagnostics = client.latest_diagnostics(after=started, timeout=0.5)
+        return values(diagnostics) if diagnostics is not None else {}
+
+    def counted(kinds, *names):
+        return all(int(kinds.get(f'bad frames: {name}', 0)) >= 1 for name in names)
+
+    for i in range(20):  # a zero-size crop, an unknown encoding, an id no topic can have
+        detector.publish((5000, i), {'abcde': good['abcde'],
+                                     'fghij': np.zeros((0, 0, 3), np.uint8)})
+        detector.publish((5001, i), good, encoding='weird8')
+        detector.publish((5002, i), {'9xyz': good['abcde'], **good})
+        if wait_for(lambda: counted(bad_kinds(), 'zero_size', 'unknown_encoding',
+                                    'invalid_id'), 1.0):
+            break
+    kinds = bad_kinds()
+    assert counted(kinds, 'zero_size', 'unknown_encoding', 'invalid_id'), kinds
+    # still answering good moments
+    answer = None
+    for i in range(20):
+        stamp = (5100 + i, 0)
+        detector.publish(stamp, good)
+        answer = client.answer(stamp, timeout=3)
+        if answer is not None and len(answer.faces) == 2:
+            break
+    assert answer is not None and len(answer.faces) == 2
+    # fghij leaves the tracked list: the node drops its subscription and its answers
+    assert client.node.count_subscribers('/humans/faces/fghij/cropped') == 1
+    for i in range(20):
+        stamp = (5200 + i, 0)
+        detector.publish(stamp, {'abcde': good['abcde']})
+        answer = client.answer(stamp, timeout=3)
+        if answer is not None:
+            break
+    assert [face.face_id for face in answer.faces] == ['abcde']
+    assert wait_for(lambda: client.node.count_subscribers(
+        '/humans/faces/fghij/cropped') == 0, 10)
+    assert wait_for(lambda: client.node.count_publishers(
+        '/humans/faces/fghij/softbiometrics') == 0, 10)
