@@ -235,6 +235,7 @@ class Rep155FaceSource:
         self._tracked: List[str] = []
         self._pending: Dict[str, Image] = {}
         self._subscriptions: Dict[str, object] = {}
+        self._invalid: set = set()  # ids that cannot name a topic
         self._tracked_sub = node.create_subscription(
             self.hri.IdsList, TRACKED_TOPIC, self._on_tracked, SUBSCRIBER_QOS)
 
@@ -252,6 +253,7 @@ class Rep155FaceSource:
     def _on_tracked(self, msg) -> None:
         ids = list(dict.fromkeys(msg.ids))
         with self._lock:
+            self._invalid &= set(ids)  # reported again should it come back
             gone = [i for i in self._subscriptions if i not in ids]
             for face_id in gone:
                 self.node.destroy_subscription(self._subscriptions.pop(face_id))
@@ -259,12 +261,15 @@ class Rep155FaceSource:
             for face_id in ids:
                 if face_id in self._subscriptions:
                     continue
+                if face_id in self._invalid:
+                    continue
                 try:
                     self._subscriptions[face_id] = self.node.create_subscription(
                         Image, face_topic(face_id, self.face_image),
                         lambda image, face_id=face_id: self._on_image(face_id, image),
                         SUBSCRIBER_QOS)
                 except Exception as error:  # an id that is no topic-name token
+                    self._invalid.add(face_id)  # reported once
                     self.on_bad('invalid_id', f'face id {face_id!r} from {TRACKED_TOPIC} '
                                               f'cannot name a topic: {error}')
             self._tracked = [i for i in ids if i in self._subscriptions]
