@@ -177,6 +177,7 @@ class FaceTracker:
         self.nonfinite = 0
         self._ids = ids if ids is not None else itertools.count(1)
         self._last_stamp: Optional[float] = None
+        self._named: Dict[str, Track] = {}
 
     @property
     def rules(self) -> AggregationRules:
@@ -203,6 +204,28 @@ class FaceTracker:
         """Forget every track (ids keep counting, so old ids are never reused)."""
         self.tracks = []
         self._last_stamp = None
+        self._named = {}
+
+    def named(self, face_id: str, stamp: Optional[float] = None) -> Track:
+        """Return the track of a face that another detector tracks under `face_id`.
+
+        For faces whose ids come from elsewhere (a ROS4HRI detector's
+        /humans/faces/tracked): their classifications aggregate per id like this
+        tracker's own tracks. Created on first use; `keep_named` forgets the ids that
+        are gone. Without tracking (`enabled` False) every call gives a fresh track.
+        """
+        track = self._named.get(face_id) if self.enabled else None
+        if track is None:
+            track = Track(face_id, (0.0, 0.0, 0.0, 0.0), last_seen=stamp)
+            if self.enabled:
+                self._named[face_id] = track
+        track.last_seen = stamp
+        return track
+
+    def keep_named(self, live_ids) -> None:
+        """Forget the named tracks whose ids are not in `live_ids` (a new id starts afresh)."""
+        live = set(live_ids)
+        self._named = {i: t for i, t in self._named.items() if i in live}
 
     def _forget_old(self, stamp: Optional[float]) -> None:
         """Drop every track on a stamp going backwards, and tracks older than max_age_s."""
