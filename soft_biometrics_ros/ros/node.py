@@ -273,7 +273,7 @@ class SoftBiometricsNode(LifecycleNode):
         self._state = 'inactive'
         self.get_logger().info(
             f'configured in {time.monotonic() - started:.1f} s: {self._backbone} on '
-            f'{self._device}')
+            f'{self._device} ({getattr(classifier, "runtime", "torch")})')
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
