@@ -83,6 +83,10 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument('--precision', default='fp32', choices=('fp32', 'fp16', 'bf16', 'int8'),
                        help='fp16/bf16: autocast on CUDA; int8: dynamic int8 Linear layers '
                             'on the CPU (default: fp32)')
+    model.add_argument('--runtime', default='torch', choices=('torch', 'onnxruntime', 'auto'),
+                       help='classifier runtime: torch, onnxruntime (CPU, fp32: the model '
+                            'exported once to a cached ONNX graph) or auto (onnxruntime on '
+                            'the CPU when installed) (default: torch)')
     detect = parser.add_argument_group('face detection')
     detect.add_argument('--threshold', type=float, default=0.9,
                         help='minimum MTCNN face score, in (0, 1) (default: 0.9)')
@@ -128,9 +132,13 @@ def pipeline_config(args: argparse.Namespace):
     pretrained = args.pretrained
     if not pretrained and not args.checkpoint:
         pretrained = 'none'
+    if args.runtime == 'onnxruntime':  # not installed: one line, before any file is read
+        from soft_biometrics_ros.models.onnx_runtime import resolve_runtime
+        resolve_runtime(args.runtime, 'cpu', args.precision)
     return PipelineConfig(
         checkpoint=args.checkpoint, backbone=args.backbone, pretrained=pretrained,
-        device=args.device, precision=args.precision, detection_threshold=args.threshold,
+        device=args.device, precision=args.precision, runtime=args.runtime,
+        detection_threshold=args.threshold,
         min_face_size=args.min_face_size, max_faces=args.max_faces,
         detection_scale=args.detection_scale, margin=args.margin, align=args.align)
 
