@@ -3,9 +3,11 @@
 `estimates_to_msg` turns one frame's estimates into a `FaceAttributesArray` with the
 source image's header; boxes become `sensor_msgs/RegionOfInterest` clipped to the
 image; age, gender and emotion carry their classes and probabilities in the schema
-order of `labels`. `msg_to_dicts` reads such a message back into plain dicts (the
-shape of `FaceEstimate.to_dict`) and `msg_to_estimates` back into FaceEstimates, for
-the demo, the tests and bag evaluation.
+order of `labels`; `attributes_stamp` and `observations` say how fresh and how supported
+each answer is (`stamp_seconds` turns a header stamp into the seconds the tracker uses,
+keeping the exact stamp so it is published unchanged). `msg_to_dicts` reads such a
+message back into plain dicts (the shape of `FaceEstimate.to_dict`) and
+`msg_to_estimates` back into FaceEstimates, for the demo, the tests and bag evaluation.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from builtin_interfaces.msg import Time
 from sensor_msgs.msg import RegionOfInterest
 from soft_biometrics_msgs.msg import Age, Emotion, FaceAttributes, FaceAttributesArray, Gender
 
@@ -23,6 +26,36 @@ from soft_biometrics_ros.runtime.estimates import FaceEstimate
 
 GENDER_CONSTANTS = {'female': Gender.FEMALE, 'male': Gender.MALE}
 GENDER_NAMES = {value: name for name, value in GENDER_CONSTANTS.items()}
+
+
+class StampSeconds(float):
+    """Seconds of a header stamp, a float that remembers the exact stamp (`time`).
+
+    The tracker computes with the seconds; the message gets the stamp back unchanged
+    (a float alone loses nanoseconds at today's epoch times).
+    """
+
+    time: Time
+
+    def __new__(cls, stamp) -> 'StampSeconds':
+        """Build from a builtin_interfaces/Time (or anything with sec and nanosec)."""
+        value = super().__new__(cls, int(stamp.sec) + int(stamp.nanosec) * 1e-9)
+        value.time = Time(sec=int(stamp.sec), nanosec=int(stamp.nanosec))
+        return value
+
+
+def stamp_seconds(stamp) -> StampSeconds:
+    """Return a header stamp as seconds that convert back to the exact stamp."""
+    return StampSeconds(stamp)
+
+
+def seconds_to_time(seconds: float) -> Time:
+    """Return the builtin_interfaces/Time of `seconds` (exact for a StampSeconds)."""
+    if isinstance(seconds, StampSeconds):
+        return Time(sec=seconds.time.sec, nanosec=seconds.time.nanosec)
+    sec = math.floor(seconds)
+    nanosec = min(999_999_999, max(0, int(round((seconds - sec) * 1e9))))
+    return Time(sec=int(sec), nanosec=nanosec)
 
 
 def box_to_roi(box, image_size: Optional[Tuple[int, int]] = None) -> RegionOfInterest:
@@ -45,8 +78,14 @@ def box_to_roi(box, image_size: Optional[Tuple[int, int]] = None) -> RegionOfInt
 
 
 def estimate_to_msg(estimate: FaceEstimate,
-                    image_size: Optional[Tuple[int, int]] = None) -> FaceAttributes:
-    """Convert one FaceEstimate to a FaceAttributes message."""
+                    image_size: Optional[Tuple[int, int]] = None,
+                    stamp=None) -> FaceAttributes:
+    """Convert one FaceEstimate to a FaceAttributes message.
+
+    attributes_stamp: the estimate's (the latest classified frame of its track); for an
+    estimate without one (the pipeline alone classifies every face of its frame), `stamp`
+    (the frame's header stamp); zero for a face not classified yet (observations 0).
+    """
     age = Age(group=estimate.age.label, years=float(estimate.age_years),
               confidence=float(estimate.age.confidence), groups=list(labels.AGE_GROUPS),
               probabilities=[float(estimate.age.probabilities[g]) for g in labels.AGE_GROUPS])
@@ -57,10 +96,18 @@ def estimate_to_msg(estimate: FaceEstimate,
                       emotions=list(labels.EMOTIONS),
                       probabilities=[float(estimate.emotion.probabilities[e])
                                      for e in labels.EMOTIONS])
+    observations = max(0, int(estimate.observations))
+    if estimate.attributes_stamp is not None:
+        attributes_stamp = seconds_to_time(estimate.attributes_stamp)
+    elif stamp is not None and observations:
+        attributes_stamp = Time(sec=int(stamp.sec), nanosec=int(stamp.nanosec))
+    else:
+        attributes_stamp = Time()
     return FaceAttributes(face_id=estimate.face_id or '',
                           roi=box_to_roi(estimate.box, image_size),
                           detection_confidence=float(estimate.detection_score),
-                          age=age, gender=gender, emotion=emotion)
+                          age=age, gender=gender, emotion=emotion,
+                          attributes_stamp=attributes_stamp, observations=observations)
 
 
 def estimates_to_msg(estimates: Sequence[FaceEstimate], header,
@@ -71,14 +118,16 @@ def estimates_to_msg(estimates: Sequence[FaceEstimate], header,
     image_size: (width, height) of the source image, to clip the ROIs.
     """
     return FaceAttributesArray(header=header,
-                               faces=[estimate_to_msg(e, image_size) for e in estimates])
+                               faces=[estimate_to_msg(e, image_size, header.stamp)
+                                      for e in estimates])
 
 
 def msg_to_dicts(msg: FaceAttributesArray) -> List[dict]:
     """Read a FaceAttributesArray into one plain dict per face.
 
     Each dict has face_id, roi (x, y, width, height), box (x0, y0, x1, y1),
-    detection_score, and age / gender / emotion dicts with label, confidence and
+    detection_score, observations, attributes_stamp (seconds; None when not classified
+    yet), and age / gender / emotion dicts with label, confidence and
     probabilities (name -> p); age also has years. Gender probabilities are derived
     from the message's single confidence (the two classes sum to 1).
     """
@@ -100,6 +149,9 @@ def msg_to_dicts(msg: FaceAttributesArray) -> List[dict]:
             'box': [roi.x_offset, roi.y_offset, roi.x_offset + roi.width,
                     roi.y_offset + roi.height],
             'detection_score': float(face.detection_confidence),
+            'observations': int(face.observations),
+            'attributes_stamp': (face.attributes_stamp.sec + face.attributes_stamp.nanosec * 1e-9
+                                 if face.observations else None),
             'age': {'label': face.age.group, 'confidence': float(face.age.confidence),
                     'years': float(face.age.years),
                     'probabilities': dict(zip(face.age.groups,
@@ -129,5 +181,7 @@ def msg_to_estimates(msg: FaceAttributesArray) -> List[FaceEstimate]:
         estimate = FaceEstimate.from_probabilities(face['box'], face['detection_score'],
                                                    {t: np.asarray(p) for t, p in probs.items()})
         estimate.face_id = face['face_id'] or None
+        estimate.observations = face['observations']
+        estimate.attributes_stamp = face['attributes_stamp']
         estimates.append(estimate)
     return estimates

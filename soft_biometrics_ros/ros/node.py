@@ -12,15 +12,19 @@ A thin lifecycle shell around `soft_biometrics_ros.runtime.pipeline.Pipeline`:
 - deactivate: stop processing; cleanup: free the model; shutdown: both.
 - `/diagnostics` at 1 Hz in every state (rates, drops, bad frames, stage latencies).
 
-Always the newest frame: the subscription callback only puts the message into a
-one-slot buffer (a newer message replaces an unprocessed one, which is counted as
-dropped); a worker thread takes the newest frame, at most `max_rate` times a second
-(a new rate applies at once), converts it, runs the pipeline, tracks and smooths the
-faces and publishes. Bad frames (unknown encoding, truncated data, ...) are counted,
+Always the newest frame: the subscription callback only puts the message into a one-slot
+buffer (a newer message replaces an unprocessed one, which is counted as dropped); a
+worker thread takes the newest frame, at most `max_rate` times a second (a new rate
+applies at once), converts it, runs the pipeline and publishes: detection and tracking
+on every processed frame, the classifier only on the faces the classification budget
+picks (new faces first, each face at most `classify_rate_hz` times a second of stamp
+time, at most `max_classify_per_frame` a frame; `runtime.budget`), every face published
+with its track's aggregated answer, `observations` and `attributes_stamp`
+(`runtime.aggregation`). Bad frames (unknown encoding, truncated data, ...) are counted,
 logged (throttled) and skipped. Tracks start afresh at every activation and
 deactivation, after a pause in the frame stamps longer than `max_track_age_s` and when
-the stamps go backwards; face ids are never reused while the node lives. Live
-parameter changes never wait for an inference (the tracker has its own lock).
+the stamps go backwards; face ids are never reused while the node lives. Live parameter
+changes never wait for an inference (the tracker has its own lock).
 
 Run: `soft_biometrics_node --ros-args -p device:=cpu -r image:=/camera/image_raw`
 or `python -m soft_biometrics_ros.ros.node --ros-args --params-file config/node.yaml`.
@@ -52,6 +56,7 @@ from rclpy.qos import (HistoryPolicy, QoSProfile, ReliabilityPolicy,
 from sensor_msgs.msg import CompressedImage, Image
 from soft_biometrics_msgs.msg import FaceAttributesArray
 
+from soft_biometrics_ros import labels
 from soft_biometrics_ros.ros.fastdds import use_large_frames_profile
 from soft_biometrics_ros.ros.diagnostics import diagnostic_array, diagnostic_status
 from soft_biometrics_ros.ros.image_conversion import (ImageConversionError, bgr_to_imgmsg,
@@ -61,7 +66,8 @@ from soft_biometrics_ros.ros.ros4hri import (TRACKED_TOPIC, Rep155FaceSource, Re
 from soft_biometrics_ros.ros.parameters import (PARAMETERS, SPECS, check_parameter,
                                                 check_parameters, descriptor, parameters_help,
                                                 settings_from, unknown_parameter_problems)
-from soft_biometrics_ros.ros.messages import estimates_to_msg
+from soft_biometrics_ros.ros.messages import estimates_to_msg, stamp_seconds
+from soft_biometrics_ros.runtime.budget import BudgetConfig
 from soft_biometrics_ros.runtime.frame_buffer import LatestFrameBuffer
 from soft_biometrics_ros.runtime.frame_stats import FrameStats
 from soft_biometrics_ros.runtime.pipeline import Pipeline, PipelineConfig
@@ -121,6 +127,10 @@ class SoftBiometricsNode(LifecycleNode):
         self._debug_pub = None
         self._last_bad_log: Dict[str, float] = {}
         self._max_rate = float(self._start_value('max_rate'))
+        # Replaced whole on a change (never mutated): the worker reads it without a lock.
+        self._budget = settings_from(
+            {name: self._start_value(name) for name in SPECS
+             if SPECS[name].owner is BudgetConfig}, BudgetConfig)
         self._publish_debug = bool(self._start_value('publish_debug_image'))
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
@@ -181,6 +191,8 @@ class SoftBiometricsNode(LifecycleNode):
             self._buffer.wake()  # the worker computes its next start from the new rate
         elif name == 'publish_debug_image':
             self._publish_debug = bool(value)
+        elif SPECS[name].owner is BudgetConfig:
+            self._budget = dataclasses.replace(self._budget, **{SPECS[name].field: value})
         elif SPECS[name].owner is TrackerConfig or name == 'tracking':
             with self._tracker_lock:  # never the model lock: it is held during inference
                 if self._tracker is None:
@@ -197,6 +209,8 @@ class SoftBiometricsNode(LifecycleNode):
     def start(self) -> bool:
         """Configure and activate (what autostart does); return True when active."""
         if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+            if self.shutting_down():
+                return False  # Ctrl-C during configure: not the parameters' fault
             self.get_logger().error(
                 'autostart: configure failed; the node stays unconfigured. Fix the '
                 'parameters and call ~/change_state configure, or restart it.')
@@ -204,6 +218,11 @@ class SoftBiometricsNode(LifecycleNode):
         return self.trigger_activate() == TransitionCallbackReturn.SUCCESS
 
     def _fail(self, message: str) -> TransitionCallbackReturn:
+        if self.shutting_down():
+            # What fails once Ctrl-C has shut the context down (a library that swallowed
+            # the KeyboardInterrupt, publishers on a dead context) is the shutdown.
+            self._error = 'shut down during the transition'
+            return TransitionCallbackReturn.FAILURE
         self._error = message
         self.get_logger().error(message)
         return TransitionCallbackReturn.FAILURE
@@ -215,7 +234,8 @@ class SoftBiometricsNode(LifecycleNode):
                     + check_parameters(values))
         if problems:
             return self._fail('configure failed, invalid parameters: ' + '; '.join(problems))
-        for name in ('max_rate', 'publish_debug_image'):  # valid now; set at start or here
+        for name in ('max_rate', 'publish_debug_image', 'classify_rate_hz',
+                     'max_classify_per_frame'):  # valid now; set at start or here
             self._apply_parameter(name, values[name])
         try:
             config = settings_from(values, PipelineConfig)
@@ -235,8 +255,12 @@ class SoftBiometricsNode(LifecycleNode):
             pipeline = Pipeline(config)
             pipeline.warmup()
         except Exception as error:  # any load error must leave the node alive
+            from soft_biometrics_ros.models.checkpoint import CheckpointError
+            # A checkpoint's own errors say what is wrong; anything else keeps its type.
+            reason = str(error) if isinstance(error, CheckpointError) else \
+                f'{type(error).__name__}: {error}'
             return self._fail(f'configure failed: could not load {source.describe()}: '
-                              f'{type(error).__name__}: {error}')
+                              f'{reason}')
         classifier = getattr(pipeline, 'classifier', None)
         self._device = str(getattr(classifier, 'device', values['device']))
         self._backbone = str(getattr(classifier, 'backbone_name', source.backbone or ''))
@@ -251,6 +275,8 @@ class SoftBiometricsNode(LifecycleNode):
             self._tracker = FaceTracker(
                 settings_from(values, TrackerConfig, id_prefix=self._id_prefix),
                 enabled=bool(values['tracking']), ids=self._face_ids)
+        if self.shutting_down():
+            return self._fail('configure interrupted')
         self._faces_pub = self.create_lifecycle_publisher(FaceAttributesArray, '~/faces', 10)
         self._debug_pub = self.create_lifecycle_publisher(
             Image, '~/debug_image',
@@ -406,8 +432,20 @@ class SoftBiometricsNode(LifecycleNode):
                 else:
                     self.process_frame(msg)
             except Exception as error:  # a worker that dies silently would look like a hang
+                if self._stop.is_set() or self.shutting_down():
+                    return  # Ctrl-C / shutdown: the frame in flight is no bad frame
                 self._bad_frame('internal', f'processing failed: {type(error).__name__}: '
                                             f'{error}')
+
+    def shutting_down(self) -> bool:
+        """Return True once the node's ROS context is shut down (Ctrl-C, rclpy.shutdown).
+
+        rclpy's SIGINT handler shuts the context down at once, while the worker may be in
+        the middle of a frame or configure in the middle of loading: what fails then
+        (publishing on a dead context) is the shutdown, not a bad frame or bad
+        parameters, and is neither counted nor logged as an error.
+        """
+        return not self.context.ok()
 
     def _warn_throttled(self, key: str, message) -> None:
         """Log `message()` as a warning at most once per BAD_FRAME_LOG_PERIOD_S per key."""
@@ -432,21 +470,24 @@ class SoftBiometricsNode(LifecycleNode):
             return None
         t1 = time.perf_counter()
         with self._model_lock:
-            if self._pipeline is None:
-                return None
-            try:
-                estimates, timings = self._pipeline.process(image, color_order='bgr')
-            except Exception as error:
-                self._bad_frame('inference', f'inference failed on a {image.shape} frame: '
-                                             f'{type(error).__name__}: {error}')
-                return None
-        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+            pipeline = self._pipeline
         with self._tracker_lock:
             tracker = self._tracker
-            if tracker is None:
-                return None
-            nonfinite = tracker.nonfinite
-            estimates = tracker.update(estimates, stamp=stamp)
+        if pipeline is None or tracker is None:
+            return None
+        nonfinite = tracker.nonfinite
+        try:
+            # The model lock around detection and classification, the tracker lock around
+            # tracking and aggregation, never both: a live change never waits for them.
+            estimates, timings, _ = pipeline.process_tracked(
+                image, tracker, self._budget, stamp=stamp_seconds(msg.header.stamp),
+                color_order='bgr', model_lock=self._model_lock,
+                tracker_lock=self._tracker_lock)
+        except Exception as error:
+            self._bad_frame('inference', f'inference failed on a {image.shape} frame: '
+                                         f'{type(error).__name__}: {error}')
+            return None
+        with self._tracker_lock:
             live_ids = tracker.live_ids(estimates)
             nonfinite, total = tracker.nonfinite - nonfinite, tracker.nonfinite
         if nonfinite:
@@ -514,6 +555,17 @@ class SoftBiometricsNode(LifecycleNode):
                 self._bad_frame('inference', f'inference failed on {len(crops)} face '
                                              f'images: {type(error).__name__}: {error}')
                 return None
+        live = source.tracked_ids
+        with self._tracker_lock:  # aggregate per id of the REP-155 detector
+            tracker = self._tracker
+            if tracker is not None:
+                tracker.keep_named(live)
+                for i, (face_id, estimate, header) in enumerate(zip(ids, estimates, headers)):
+                    stamp = stamp_seconds(header.stamp)
+                    track = tracker.named(face_id, stamp)
+                    tracker.observe(track, {task: estimate.task(task).vector(task)
+                                            for task in labels.TASKS}, stamp)
+                    estimates[i] = tracker.estimate(track, estimate)
         for face_id, estimate in zip(ids, estimates):
             estimate.face_id = face_id
         t2 = time.perf_counter()
@@ -525,7 +577,6 @@ class SoftBiometricsNode(LifecycleNode):
             return None
         faces_pub.publish(out)
         if rep155_pub is not None:
-            live = source.tracked_ids
             for header, estimate in zip(headers, estimates):
                 rep155_pub.publish(header, [estimate], live)
         t3 = time.perf_counter()

@@ -2,8 +2,9 @@
 
 Each parameter is a setting declared once, as a dataclass field with its help and rule
 (`soft_biometrics_ros.settings`): the model (`ModelConfig`: checkpoint, backbone,
-pretrained, device, precision), face detection (`PipelineConfig`), tracking
-(`TrackerConfig`, two of them under node-style names) and the node's own (`NodeSettings`
+pretrained, device, precision), face detection (`PipelineConfig`), tracking and
+aggregation (`TrackerConfig`, two of them under node-style names), the classification
+budget (`BudgetConfig`) and the node's own (`NodeSettings`
 below). `PARAMETERS` maps them onto ROS parameter names and defaults; `node.py` declares
 each with its description and range (`descriptor`), `config/node.yaml` mirrors every
 default (a test checks they agree), and `check_parameter` validates a value with the
@@ -25,6 +26,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
 from soft_biometrics_ros.models.factory import ModelConfig
+from soft_biometrics_ros.runtime.budget import BudgetConfig
 from soft_biometrics_ros.runtime.pipeline import PipelineConfig
 from soft_biometrics_ros.runtime.rep155 import Rep155Settings
 from soft_biometrics_ros.runtime.tracking import TrackerConfig
@@ -112,6 +114,12 @@ PARAMETERS: Tuple[ParameterSpec, ...] = (
     _spec(NodeSettings, 'max_rate'),
     _spec(NodeSettings, 'tracking'),
     _spec(TrackerConfig, 'smoothing', applies='live'),
+    _spec(TrackerConfig, 'identity_views', applies='live'),
+    _spec(TrackerConfig, 'emotion_time_constant_s', applies='live'),
+    # A robot on 2 CPU cores: detection ~70 ms a frame, PE-Core-T ~120 ms a face; one face
+    # a frame at 2 Hz per face keeps frames near the detection rate (README).
+    _spec(BudgetConfig, 'classify_rate_hz', applies='live'),
+    _spec(BudgetConfig, 'max_classify_per_frame', applies='live'),
     _spec(TrackerConfig, 'max_missed', 'max_missed_frames', applies='live'),
     # A robot's stream pauses; 2 s of stamp time without a face is a new person.
     _spec(TrackerConfig, 'max_age_s', 'max_track_age_s', default=2.0, applies='live'),

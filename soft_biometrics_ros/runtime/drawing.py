@@ -23,10 +23,16 @@ TEXT_BGR = (255, 255, 255)
 
 
 def estimate_lines(estimate: FaceEstimate) -> List[str]:
-    """Return the text lines drawn next to a face: id, age, gender, emotion."""
+    """Return the text lines drawn next to a face: id (and views), age, gender, emotion.
+
+    A tracked face shows how many classifications its answer aggregates ("3 views");
+    one not classified yet says so.
+    """
     lines = []
     if estimate.face_id is not None:
-        lines.append(f'id {estimate.face_id}')
+        views = int(estimate.observations)
+        support = f'({views} view{"s" * (views != 1)})' if views else '(not classified yet)'
+        lines.append(f'id {estimate.face_id} {support}')
     age, gender, emotion = estimate.age, estimate.gender, estimate.emotion
     lines.append(f'age {age.label} ({estimate.age_years:.0f}y) {age.confidence:.2f}')
     lines.append(f'{gender.label} {gender.confidence:.2f}')

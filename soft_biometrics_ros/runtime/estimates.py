@@ -45,6 +45,10 @@ class FaceEstimate:
     age_years: expected age, from the age-group probabilities.
     landmarks: (5, 2) eye, eye, nose, mouth corner, mouth corner (x, y), if known.
     face_id: set by the tracker of the node; None from the pipeline alone.
+    observations: classifications the answer aggregates (1 from the pipeline alone; 0
+    for a tracked face not classified yet, whose probabilities are then uniform).
+    attributes_stamp: stamp (seconds) of the latest frame whose crop was classified
+    for this face; None when unknown (the pipeline alone: this frame).
     """
 
     box: Tuple[float, float, float, float]
@@ -55,6 +59,8 @@ class FaceEstimate:
     age_years: float
     landmarks: Optional[np.ndarray] = field(default=None, repr=False)
     face_id: Optional[str] = None
+    observations: int = 1
+    attributes_stamp: Optional[float] = None
 
     def task(self, name: str) -> TaskEstimate:
         """Return the TaskEstimate of task `name` ('age', 'gender' or 'emotion')."""
@@ -68,6 +74,9 @@ class FaceEstimate:
         }
         if self.face_id is not None:
             out['face_id'] = self.face_id
+            out['observations'] = int(self.observations)
+            if self.attributes_stamp is not None:
+                out['attributes_stamp'] = round(float(self.attributes_stamp), 9)
         for task in labels.TASKS:
             est = self.task(task)
             out[task] = {

@@ -10,12 +10,17 @@ benchmark all run this. A frame goes through three timed stages:
    on CUDA when asked and available (else the CPU, with a warning), optionally with
    fp16/bf16 autocast, under torch.inference_mode.
 
+`process_tracked` is what the node runs: detection and tracking on every frame, the
+classifier only on the faces the classification budget picks (`runtime.budget`), every
+face answered with its track's aggregated evidence (`runtime.aggregation`).
+
 Bad input images raise `InvalidImageError` (a ValueError) with a message that says what
 was wrong, so callers can skip and count the frame.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import asdict, dataclass
@@ -28,9 +33,12 @@ import torch
 from soft_biometrics_ros import labels
 from soft_biometrics_ros.models.backbone import NO_WEIGHTS, OFFLINE_BACKBONE
 from soft_biometrics_ros.models.factory import ModelConfig, create_classifier
+from soft_biometrics_ros.runtime.aggregation import uniform
+from soft_biometrics_ros.runtime.budget import BudgetConfig, select
 from soft_biometrics_ros.runtime.detection import (DEFAULT_STAGE_THRESHOLDS, FaceDetector,
                                                    InvalidImageError, check_image, crop_faces)
 from soft_biometrics_ros.runtime.estimates import FaceEstimate
+from soft_biometrics_ros.runtime.tracking import FaceTracker
 from soft_biometrics_ros.settings import from_mapping, setting, with_default
 
 logger = logging.getLogger(__name__)
@@ -170,6 +178,57 @@ class Pipeline:
         timings = {'detect': (t1 - t0) * 1e3, 'crop': (t2 - t1) * 1e3,
                    'classify': (t3 - t2) * 1e3}
         return estimates, timings
+
+    def process_tracked(self, image: np.ndarray, tracker: FaceTracker, budget: BudgetConfig,
+                        stamp: Optional[float] = None, color_order: str = 'bgr',
+                        model_lock=None, tracker_lock=None
+                        ) -> Tuple[List[FaceEstimate], Dict[str, float], int]:
+        """Detect and track every face; classify those the budget picks; answer all.
+
+        Returns (faces, stage timings in ms, number of faces classified). Faces are in
+        the detector's order (highest score first), each with its track's face_id,
+        aggregated probabilities, `observations` and `attributes_stamp` (a face whose
+        track was never classified: uniform probabilities, observations 0). `stamp` is
+        the frame's header stamp in seconds (the budget's and the emotion's clock).
+        Without tracking (`tracker.enabled` False) every face is classified.
+        `model_lock` / `tracker_lock` (context managers, e.g. threading.Lock) are held
+        around the model's and the tracker's steps, never both at once, so a tracker
+        change never waits for an inference. Raises InvalidImageError for a bad image.
+        """
+        model_lock = model_lock if model_lock is not None else contextlib.nullcontext()
+        tracker_lock = tracker_lock if tracker_lock is not None else contextlib.nullcontext()
+        rgb = to_rgb(image, color_order)
+        t0 = time.perf_counter()
+        with model_lock:
+            detections = self.detector.detect(rgb)
+        t1 = time.perf_counter()
+        with tracker_lock:
+            tracks = tracker.assign([d.box for d in detections], stamp)
+            if tracker.enabled:
+                chosen = select([t.evidence.attributes_stamp for t in tracks],
+                                [t.evidence.classified for t in tracks], stamp, budget)
+            else:
+                chosen = list(range(len(tracks)))
+        t2 = time.perf_counter()
+        crops = crop_faces(rgb, [detections[i] for i in chosen], self.classifier.input_size,
+                           margin=self.config.margin, align=self.config.align)
+        t3 = time.perf_counter()
+        probabilities = {}
+        if crops:
+            with model_lock:
+                probabilities = self.classify(crops)
+        t4 = time.perf_counter()
+        with tracker_lock:
+            for k, i in enumerate(chosen):
+                tracker.observe(tracks[i], {task: probabilities[task][k]
+                                            for task in labels.TASKS}, stamp)
+            faces = [tracker.estimate(track, FaceEstimate.from_probabilities(
+                detection.box, detection.score, uniform(), landmarks=detection.landmarks))
+                for track, detection in zip(tracks, detections)]
+        t5 = time.perf_counter()
+        timings = {'detect': (t1 - t0) * 1e3, 'track': (t2 - t1 + t5 - t4) * 1e3,
+                   'crop': (t3 - t2) * 1e3, 'classify': (t4 - t3) * 1e3}
+        return faces, timings, len(chosen)
 
     def classify(self, crops: List[np.ndarray]) -> Dict[str, np.ndarray]:
         """Classify RGB uint8 face crops in one batch: task -> (N, C_task) probabilities."""

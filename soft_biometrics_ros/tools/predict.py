@@ -189,13 +189,16 @@ def is_video(path: Path) -> bool:
     return path.suffix.lower() in VIDEO_SUFFIXES
 
 
-def read_image(path: Path) -> Optional[np.ndarray]:
-    """Return the image at `path` as BGR (or grayscale) uint8, None if unreadable."""
-    # imdecode of the bytes (not imread) also reads paths with non-ASCII characters.
-    data = np.fromfile(str(path), dtype=np.uint8)
-    if data.size == 0:
-        return None
-    return cv2.imdecode(data, cv2.IMREAD_COLOR)
+def read_image(path: Path) -> np.ndarray:
+    """Return the image at `path` as BGR uint8.
+
+    JPEG and PNG are decoded strictly (runtime.image_decode: a damaged file is refused,
+    not answered as a grey picture), other formats by OpenCV. Raises OSError (unreadable
+    file) or ImageDecodeError (a ValueError: corrupt, empty or no image), which the
+    caller reports as a skipped input.
+    """
+    from soft_biometrics_ros.runtime.image_decode import read_image_file
+    return read_image_file(path)
 
 
 def video_frames(path: Path, every_n: int, max_frames: int, progress: bool
@@ -282,15 +285,14 @@ class Predictor:
                 _skip(self.summary, str(path), str(error))
             except ValueError as error:
                 from soft_biometrics_ros.runtime.detection import InvalidImageError
-                if not isinstance(error, InvalidImageError):
+                from soft_biometrics_ros.runtime.image_decode import ImageDecodeError
+                if not isinstance(error, (InvalidImageError, ImageDecodeError)):
                     raise
                 _skip(self.summary, str(path), str(error))
         return self.summary
 
     def _image(self, path: Path) -> None:
         image = read_image(path)
-        if image is None:
-            raise OSError('not a readable image (unknown format, empty or corrupt file)')
         estimates, timings = self.pipeline.process(image, color_order='bgr')
         self.summary.images += 1
         self.summary.faces += len(estimates)

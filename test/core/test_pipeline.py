@@ -249,7 +249,11 @@ def test_drawing_annotates_a_copy_at_any_resolution(scale):
 def test_drawing_lines_show_id_and_every_task():
     estimate = fake_estimate((10, 10, 50, 60), face_id='3')
     lines = estimate_lines(estimate)
-    assert lines[0] == 'id 3'
+    assert lines[0] == 'id 3 (1 view)'
+    estimate.observations = 12
+    assert estimate_lines(estimate)[0] == 'id 3 (12 views)'
+    estimate.observations = 0
+    assert estimate_lines(estimate)[0] == 'id 3 (not classified yet)'
     assert estimate.age.label in lines[1] and estimate.gender.label in lines[2]
     assert estimate.emotion.label in lines[3]
 
@@ -289,3 +293,60 @@ def test_pipeline_runs_zero_shot_in_int8_on_the_cpu():
         probabilities = faces[0].task(task).vector(task)
         assert probabilities.shape == (labels.NUM_CLASSES[task],)
         assert abs(probabilities.sum() - 1.0) < 1e-4
+
+
+def test_process_tracked_classifies_only_what_the_budget_picks(counting):
+    from soft_biometrics_ros.runtime.budget import BudgetConfig
+    from soft_biometrics_ros.runtime.tracking import FaceTracker, TrackerConfig
+    frame, _ = sample_data.tiled_faces_bgr(4, 128)
+    pipeline = make_pipeline(counting)
+    tracker = FaceTracker(TrackerConfig(max_age_s=2.0))
+    budget = BudgetConfig(classify_rate_hz=2.0, max_classify_per_frame=1)
+    seen = []
+    for k in range(4):  # 10 frames/s: one new face classified per frame
+        faces, timings, classified = pipeline.process_tracked(frame, tracker, budget,
+                                                              stamp=k * 0.1)
+        assert classified == 1 and len(faces) == 4
+        assert sorted(f.observations for f in faces) == [0] * (3 - k) + [1] * (k + 1)
+        seen.append({f.face_id: f for f in faces})
+        assert set(timings) >= set(STAGES)
+    assert counting.batch_sizes == [1, 1, 1, 1]
+    unclassified = [f for f in seen[0].values() if f.observations == 0][0]
+    np.testing.assert_allclose(unclassified.age.vector('age'), 1 / labels.NUM_CLASSES['age'])
+    first = [f for f in seen[0].values() if f.observations == 1][0]
+    assert first.attributes_stamp == pytest.approx(0.0)
+    faces, _, classified = pipeline.process_tracked(frame, tracker, budget, stamp=0.4)
+    assert classified == 0  # nobody due: the oldest classification is 0.4 s old
+    by_id = {f.face_id: f for f in faces}
+    for task in labels.TASKS:  # answers are carried, not recomputed
+        np.testing.assert_allclose(by_id[first.face_id].task(task).vector(task),
+                                   seen[3][first.face_id].task(task).vector(task))
+    faces, _, classified = pipeline.process_tracked(frame, tracker, budget, stamp=0.5)
+    assert classified == 1
+    again = {f.face_id: f for f in faces}[first.face_id]
+    assert again.observations == 2 and again.attributes_stamp == pytest.approx(0.5)
+    assert counting.batch_sizes == [1, 1, 1, 1, 1]
+
+
+def test_process_tracked_with_rate_zero_and_no_smoothing_equals_process(counting):
+    """Lockstep: every face on every frame, per-frame answers, as the offline eval."""
+    from soft_biometrics_ros.runtime.budget import BudgetConfig
+    from soft_biometrics_ros.runtime.tracking import FaceTracker, TrackerConfig
+    frame, _ = sample_data.tiled_faces_bgr(4, 128)
+    pipeline = make_pipeline(counting)
+    tracker = FaceTracker(TrackerConfig(smoothing=0.0))
+    budget = BudgetConfig(classify_rate_hz=0.0, max_classify_per_frame=1)
+    offline = pipeline(frame)
+    for k in range(2):
+        faces, _, classified = pipeline.process_tracked(frame, tracker, budget, stamp=k * 0.1)
+        assert classified == 4
+        assert [f.observations for f in faces] == [k + 1] * 4
+        for mine, theirs in zip(faces, offline):
+            assert mine.box == theirs.box
+            for task in labels.TASKS:
+                np.testing.assert_allclose(mine.task(task).vector(task),
+                                           theirs.task(task).vector(task), atol=1e-6)
+    assert counting.batch_sizes == [4, 4, 4]
+    tracker.enabled = False  # without tracking every face is classified, every time
+    faces, _, classified = pipeline.process_tracked(frame, tracker, BudgetConfig(), stamp=1.0)
+    assert classified == 4 and all(f.observations == 1 for f in faces)

@@ -1,4 +1,4 @@
-"""FaceTracker: stable ids, IoU/centre matching, EMA smoothing, forgetting."""
+"""FaceTracker: stable ids, IoU/centre matching, aggregation (no stamps: EMA), forgetting."""
 
 import itertools
 
@@ -165,8 +165,10 @@ def test_non_finite_probabilities_are_skipped_and_counted():
     assert out.face_id == good.face_id
     np.testing.assert_allclose(out.emotion.vector('emotion'), good.emotion.vector('emotion'))
     np.testing.assert_allclose(out.age.vector('age'), good.age.vector('age'))
-    # the gender vector was finite: smoothed as usual
-    np.testing.assert_allclose(out.gender.vector('gender'), one_hot('gender', 0))
+    # the gender vector was finite: two agreeing views, aggregated as usual
+    two_views = one_hot('gender', 0) ** 2 / (one_hot('gender', 0) ** 2).sum()
+    np.testing.assert_allclose(out.gender.vector('gender'), two_views)
+    assert out.observations == 2
     out = tracker.update([face(box, emotion=4)])[0]  # the track is not poisoned
     assert np.all(np.isfinite(out.emotion.vector('emotion')))
     expected = 0.5 * one_hot('emotion', 3) + 0.5 * one_hot('emotion', 4)

@@ -33,6 +33,8 @@ def _full_message() -> FaceAttributesArray:
         face.emotion = Emotion(emotion=Emotion.HAPPY, confidence=0.7,
                                emotions=list(labels.EMOTIONS),
                                probabilities=[0.05, 0.05, 0.05, 0.7, 0.05, 0.05, 0.05])
+        face.attributes_stamp.sec, face.attributes_stamp.nanosec = 1233, 999_000_000 + i
+        face.observations = 40 + i
         msg.faces.append(face)
     return msg
 
@@ -59,7 +61,8 @@ SUBSCRIBER = textwrap.dedent('''
     print('RESULT', m.header.stamp.sec, m.header.stamp.nanosec, m.header.frame_id, len(m.faces),
           f.face_id, f.roi.x_offset, f.roi.width, f.age.group, round(f.age.years, 2),
           len(f.age.probabilities), f.gender.gender, f.emotion.emotion,
-          ','.join(f.emotion.emotions), flush=True)
+          ','.join(f.emotion.emotions), f.attributes_stamp.sec, f.attributes_stamp.nanosec,
+          f.observations, flush=True)
     node.destroy_node()
     rclpy.shutdown()
 ''')
@@ -88,7 +91,7 @@ def test_face_attributes_array_roundtrip_to_another_process():
     assert line, f'subscriber got nothing; stderr:\n{err}'
     assert line[0].split()[1:] == [
         '1234', '5678', 'camera_optical', '2', 'f0001', '11', '48', '20-29', '26.5', '9', '1',
-        'happy', ','.join(labels.EMOTIONS)]
+        'happy', ','.join(labels.EMOTIONS), '1233', '999000001', '41']
 
 
 def test_colcon_lists_both_packages():

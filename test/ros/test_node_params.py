@@ -12,7 +12,10 @@ from soft_biometrics_ros.ros.parameters import (DEFAULTS, PARAMETERS, check_para
 
 ISSUE_PARAMETERS = {'checkpoint', 'backbone', 'pretrained', 'device', 'precision', 'compressed',
                     'detection_threshold', 'min_face_size', 'max_faces', 'detection_scale',
-                    'max_rate', 'tracking', 'smoothing', 'publish_debug_image'}
+                    'max_rate', 'tracking', 'smoothing', 'publish_debug_image',
+                    # issue 14: aggregation per track and the classification budget
+                    'identity_views', 'emotion_time_constant_s', 'classify_rate_hz',
+                    'max_classify_per_frame'}
 
 
 @pytest.fixture(scope='module')
@@ -261,3 +264,22 @@ def test_parameters_are_the_core_settings_under_node_names():
     # one help text: the node's description is the setting's own
     for spec in PARAMETERS:
         assert spec.description.startswith(help_of(spec.setting)), spec.name
+
+
+def test_budget_parameters_apply_live_and_bad_ones_are_named(node):
+    from soft_biometrics_ros.runtime.budget import BudgetConfig
+    assert node._budget == BudgetConfig(classify_rate_hz=DEFAULTS['classify_rate_hz'],
+                                        max_classify_per_frame=DEFAULTS[
+                                            'max_classify_per_frame'])
+    results = node.set_parameters([Parameter('classify_rate_hz', value=5),
+                                   Parameter('max_classify_per_frame', value=3)])
+    assert all(r.successful for r in results)
+    assert node._budget == BudgetConfig(classify_rate_hz=5.0, max_classify_per_frame=3)
+    (result,) = node.set_parameters([Parameter('max_classify_per_frame', value=-2)])
+    assert not result.successful and 'max_classify_per_frame' in result.reason
+    (result,) = node.set_parameters([Parameter('emotion_time_constant_s', value=-1.0)])
+    assert not result.successful and 'emotion_time_constant_s' in result.reason
+    assert node._budget.max_classify_per_frame == 3
+    node.set_parameters([Parameter('classify_rate_hz', value=DEFAULTS['classify_rate_hz']),
+                         Parameter('max_classify_per_frame',
+                                   value=DEFAULTS['max_classify_per_frame'])])

@@ -5,10 +5,13 @@ this process so a test can hold its model lock as an inference does; frames, fac
 lifecycle transitions and parameters go over DDS through a GraphClient. Face ids are
 never reused (also across cleanup and configure); tracks start afresh at every
 activation, after a pause in the frame stamps and when stamps go backwards; a live
-parameter change does not wait for an inference.
+parameter change does not wait for an inference. The classification budget: a face's
+attributes_stamp advances about classify_rate_hz times a second of stamp time while
+every frame is answered; classify_rate_hz 0 classifies every frame.
 """
 
 import threading
+import time
 
 import pytest
 import rclpy
@@ -118,3 +121,69 @@ def test_live_parameter_change_does_not_wait_for_an_inference(graph):
     stamp = (500, 0)
     client.publish(bgr_msg(astronaut_bgr(), stamp))
     assert client.answer(stamp, timeout=60) is not None  # the worker goes on afterwards
+
+
+def _seconds(time_msg):
+    return time_msg.sec + time_msg.nanosec * 1e-9
+
+
+def test_attributes_refresh_at_classify_rate_while_every_frame_is_answered(graph):
+    """Stamp time, frames in lockstep: deterministic on any (loaded) machine."""
+    node, client = graph
+    assert node._budget.classify_rate_hz == 2.0 and node._budget.max_classify_per_frame == 1
+    answers = []
+    for k in range(30):  # 3 s of a 10 frames/s camera
+        stamp = (600 + k // 10, (k % 10) * 100_000_000)
+        client.publish(bgr_msg(astronaut_bgr(), stamp))
+        answer = client.answer(stamp, timeout=60)
+        assert answer is not None, f'no answer for the frame stamped {stamp}'
+        assert len(answer.faces) >= 1
+        answers.append(max(answer.faces, key=lambda f: f.detection_confidence))
+    assert len({f.face_id for f in answers}) == 1  # one person throughout
+    refreshed = sorted({_seconds(f.attributes_stamp) for f in answers})
+    # classified in its first frame, then every 0.5 s of stamp time: 600.0, 600.5, ...
+    assert refreshed == pytest.approx([600.0 + 0.5 * i for i in range(6)], abs=1e-6)
+    for k, face in enumerate(answers):
+        header = 600 + k * 0.1
+        assert 0 <= header - _seconds(face.attributes_stamp) < 0.5 + 1e-6
+        assert face.observations == len([s for s in refreshed if s <= header + 1e-6])
+    assert answers[-1].observations == 6
+
+
+def test_budget_against_classifying_every_frame_at_the_camera_rate(graph):
+    """Wall time at ~15 frames/s: answers keep coming, classifications at the rate only.
+
+    Only ratios robust to a loaded machine are asserted: the budget answers more frames
+    than it classifies, never faster than classify_rate_hz per face in stamp time;
+    classify_rate_hz 0 classifies every answered frame.
+    """
+    node, client = graph
+
+    def stream(seconds, period=1 / 15):
+        """Publish the photo at ~15 Hz stamped with the wall clock; return (answer, face)."""
+        sent, end = [], time.monotonic() + seconds
+        while time.monotonic() < end:
+            now = time.time()
+            stamp = (int(now), int((now % 1) * 1e9))
+            client.publish(bgr_msg(astronaut_bgr(), stamp))
+            sent.append(stamp)
+            time.sleep(period)
+        client.answer(sent[-1], timeout=60)  # the newest frame is never dropped
+        answered = [client.faces[s][0] for s in sent if s in client.faces]
+        return [(a, max(a.faces, key=lambda f: f.detection_confidence))
+                for a in answered if a.faces]
+
+    budget = stream(4.0)
+    stamps = sorted({_seconds(face.attributes_stamp) for _, face in budget})
+    assert len(budget) > len(stamps) >= 2  # more answers than classifications
+    assert min(b - a for a, b in zip(stamps, stamps[1:])) >= 0.5 - 2e-3  # <= 2 Hz
+    (result,) = client.set_parameters(classify_rate_hz=0.0)
+    assert result.successful
+    try:
+        every = stream(2.0)
+        assert every
+        for answer, face in every:  # every answered frame was classified
+            assert face.attributes_stamp == answer.header.stamp
+    finally:
+        (result,) = client.set_parameters(classify_rate_hz=2.0)
+        assert result.successful

@@ -56,6 +56,21 @@ def test_node_answers_another_detectors_faces_under_its_ids(source_graph):
         assert msg.header.frame_id == 'head_camera' and msg.expression in labels.EMOTIONS
     # the node publishes no tracked list of its own in this mode (the detector's is the one)
     assert client.node.count_publishers('/humans/faces/tracked') == 1
+    # classifications aggregate per id of the detector: more moments, more observations
+    before = {face.face_id: face.observations for face in answered.faces}
+    assert all(count >= 1 for count in before.values())
+    later = []
+    for i in range(4):
+        stamp = (5000 + i, 0)
+        detector.publish(stamp, crops)
+        answer = client.answer(stamp, timeout=10)
+        if answer is not None:
+            later.extend(answer.faces)
+    assert later, log_path.read_text()[-3000:]
+    assert max(f.observations for f in later) > max(before.values())
+    for face in later:
+        assert face.observations > before[face.face_id]
+        assert face.attributes_stamp.sec >= 5000  # the header of its newest crop
 
 
 def test_bad_crops_are_counted_and_skipped_and_ids_that_leave_are_forgotten(source_graph):

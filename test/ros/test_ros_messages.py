@@ -9,7 +9,8 @@ from std_msgs.msg import Header
 from soft_biometrics_ros import labels
 from soft_biometrics_ros.runtime.estimates import FaceEstimate
 from soft_biometrics_ros.ros.messages import (box_to_roi, estimates_to_msg, msg_to_dicts,
-                                              msg_to_estimates)
+                                              msg_to_estimates, seconds_to_time,
+                                              stamp_seconds)
 
 
 def make_estimate(box, seed, face_id=None):
@@ -96,3 +97,40 @@ def test_msg_to_estimates_rebuilds_the_estimates():
         assert back.task(task).label == estimate.task(task).label
         np.testing.assert_allclose(back.task(task).vector(task), probs[task], rtol=1e-5)
     assert back.age_years == pytest.approx(estimate.age_years, rel=1e-5)
+
+
+def test_attributes_stamp_and_observations_say_how_fresh_and_supported():
+    fresh, _ = make_estimate((10, 20, 50, 70), 5)  # the pipeline alone: this frame's
+    older = header()
+    older.stamp.sec, older.stamp.nanosec = 1699999999, 987654321
+    carried, _ = make_estimate((60, 20, 90, 70), 6, 'f0003')
+    carried.observations, carried.attributes_stamp = 7, stamp_seconds(older.stamp)
+    waiting, _ = make_estimate((100, 20, 140, 70), 7, 'f0004')
+    waiting.observations = 0
+    msg = estimates_to_msg([fresh, carried, waiting], header())
+    msg = deserialize_message(serialize_message(msg), FaceAttributesArray)
+    first, second, third = msg.faces
+    assert (first.attributes_stamp.sec, first.attributes_stamp.nanosec) == \
+        (1700000000, 123456789)
+    assert first.observations == 1
+    # exact to the nanosecond although the tracker computed with float seconds
+    assert (second.attributes_stamp.sec, second.attributes_stamp.nanosec) == \
+        (1699999999, 987654321)
+    assert second.observations == 7
+    assert (third.attributes_stamp.sec, third.attributes_stamp.nanosec) == (0, 0)
+    assert third.observations == 0
+    dicts = msg_to_dicts(msg)
+    assert [d['observations'] for d in dicts] == [1, 7, 0]
+    assert dicts[1]['attributes_stamp'] == pytest.approx(1699999999.987654321)
+    assert dicts[2]['attributes_stamp'] is None
+    back = msg_to_estimates(msg)
+    assert [e.observations for e in back] == [1, 7, 0]
+    assert back[1].attributes_stamp == pytest.approx(1699999999.987654321)
+
+
+def test_seconds_convert_to_a_time():
+    time = seconds_to_time(12.25)
+    assert (time.sec, time.nanosec) == (12, 250000000)
+    seconds = stamp_seconds(header().stamp)
+    assert seconds == pytest.approx(1700000000.123456789)
+    assert seconds - 0.5 == pytest.approx(1699999999.623456789)  # a float for the tracker

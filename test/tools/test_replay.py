@@ -242,9 +242,10 @@ def test_replay_into_the_node_records_what_offline_eval_computes(tmp_path):
     bag = tmp_path / 'session'
     written = write_frames_bag(bag, face_frames(3, side=256), storage='sqlite3', corrupt_at=1)
     log = tmp_path / 'node.log'
-    # Smoothing off and no rate limit: the node's answers are the pipeline's, frame by frame.
+    # Smoothing off, every face on every frame (classify_rate_hz 0: no classification
+    # budget) and no rate limit: the node's answers are the pipeline's, frame by frame.
     node = start_node(log, '-p', f'checkpoint:={checkpoint}', '-p', 'smoothing:=0.0',
-                      '-p', 'max_rate:=0.0')
+                      '-p', 'classify_rate_hz:=0.0', '-p', 'max_rate:=0.0')
     try:
         offline = tmp_path / 'offline'
         assert bag_eval.main([str(bag), '--output', str(offline), '--checkpoint',
@@ -279,6 +280,9 @@ def test_replay_into_the_node_records_what_offline_eval_computes(tmp_path):
     for stamp in photo_stamps:
         assert live[stamp].header.frame_id == offline_answers[stamp].header.frame_id == 'camera'
         _assert_same_answer(live[stamp], offline_answers[stamp])
+        for answers in (live[stamp], offline_answers[stamp]):  # classified in this frame
+            assert all(f.attributes_stamp == answers.header.stamp and f.observations >= 1
+                       for f in answers.faces)
 
     assert timed_result.returncode == 0, timed_result.stderr
     assert '0 awaited answer(s) missing' in timed_result.stdout

@@ -49,10 +49,18 @@ def load_face(sample: Sample) -> np.ndarray:
     Without a box, the whole image. With one, the node's face crop
     (soft_biometrics_ros.runtime.detection.crop_faces with the sample's margin) at the crop's
     own resolution: a square of side round(max(w, h) x (1 + 2 margin)). Raises
-    OSError/ValueError when the file cannot be decoded.
+    OSError/ValueError when the file cannot be decoded: JPEG and PNG are decoded strictly
+    (soft_biometrics_ros.runtime.image_decode), so a damaged file is a load failure,
+    not a grey training image; other formats are read by Pillow.
     """
-    with Image.open(sample.path) as image:
-        rgb = np.array(image.convert('RGB'))  # a writable copy (torch warns on read-only)
+    from soft_biometrics_ros.runtime.image_decode import decode_image, image_format
+    with open(sample.path, 'rb') as handle:
+        data = handle.read()
+    if image_format(data) in ('JPEG', 'PNG'):
+        rgb = np.ascontiguousarray(decode_image(data, what=f'image {sample.path}')[:, :, ::-1])
+    else:
+        with Image.open(sample.path) as image:
+            rgb = np.array(image.convert('RGB'))  # a writable copy (torch warns on read-only)
     if sample.box is None:
         return rgb
     x0, y0, x1, y1 = sample.box
