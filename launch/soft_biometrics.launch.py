@@ -5,6 +5,7 @@
 
 Arguments: image (input topic; image/compressed is remapped beside it), namespace,
 params_file (default: the installed config/node.yaml), and the node parameters device,
+runtime (torch, onnxruntime or auto: the classifier in ONNX Runtime on the CPU),
 checkpoint (a trained checkpoint directory), backbone, pretrained (meta, none or a
 local weights file, e.g. pretrained:=/path/to/PE-Core-L-14-336.safetensors), autostart
 (false = wait for lifecycle transitions from a lifecycle manager), publish_ros4hri and
@@ -25,6 +26,9 @@ LAUNCH_ARGUMENTS = {
     'params_file': (None, 'Parameter file (default: the installed config/node.yaml).'),
     'device': ('', 'Torch device: cuda, cuda:N, cpu or auto (cuda falls back to cpu); '
                    'empty = params_file\'s (cuda in config/node.yaml).'),
+    'runtime': ('', 'Classifier runtime: torch, onnxruntime (CPU, fp32, cached ONNX graph) '
+                    'or auto (onnxruntime on the CPU when installed); empty = '
+                    'params_file\'s (torch in config/node.yaml).'),
     'checkpoint': ('', 'Trained checkpoint directory; empty = params_file\'s (zero-shot '
                        'PE-Core in config/node.yaml).'),
     'backbone': ('', 'PE-Core architecture, e.g. PE-Core-L-14-336; empty = params_file\'s '
@@ -41,7 +45,7 @@ LAUNCH_ARGUMENTS = {
                         '(camera).'),
 }
 # Launch arguments that set the node parameter of the same name when not empty.
-PARAMETER_ARGUMENTS = {'device': str, 'checkpoint': str, 'backbone': str,
+PARAMETER_ARGUMENTS = {'device': str, 'runtime': str, 'checkpoint': str, 'backbone': str,
                        'pretrained': str, 'autostart': bool, 'publish_ros4hri': bool,
                        'face_source': str}
 

@@ -1,13 +1,22 @@
 """Session-wide test settings: an isolated, loopback-only ROS graph per test session."""
 
+import ast
 import logging
 import os
 import random
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# Which environment runs the tests: 'jazzy' in .venv-jazzy (`. scripts/env.sh jazzy`),
+# else 'kilted' (the default .venv).
+ROS_ENV = 'jazzy' if Path(sys.prefix).name == '.venv-jazzy' else 'kilted'
+# What the Jazzy run selects (`-m ros`, scripts/run_tests.sh): every test under test/ros/,
+# and any other test module that uses rclpy or the ROS adapters (soft_biometrics_ros.ros:
+# node, parameters, messages, image conversion, bags), found from what it imports.
+ROS_MODULES = ('rclpy', 'soft_biometrics_ros.ros')
 
 # Each pytest session gets its own DDS domain so concurrent sessions on one machine
 # (developers, CI) never see each other's nodes; discovery stays on loopback.
@@ -30,8 +39,45 @@ os.environ.setdefault('OMP_NUM_THREADS', '2')
 os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 
 
+def touches_ros(path: Path, _seen: dict = {}) -> bool:
+    """Whether a test file is under test/ros/ or imports rclpy or soft_biometrics_ros.ros.
+
+    Imports are read from the source (ast), following the test helpers in test/
+    (node_graph, bag_frames, ...) they import.
+    """
+    path = path.resolve()
+    if path in _seen:
+        return _seen[path]
+    _seen[path] = False  # an import cycle adds nothing
+    found = (REPO_ROOT / 'test' / 'ros') in path.parents
+    if not found:
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names.add(node.module)
+                names.update(f'{node.module}.{alias.name}' for alias in node.names)
+        found = any(name == root or name.startswith(root + '.')
+                    for name in names for root in ROS_MODULES)
+        helpers = (REPO_ROOT / 'test' / f'{name}.py' for name in names
+                   if '.' not in name and name != 'conftest')
+        found = found or any(touches_ros(helper) for helper in helpers if helper.is_file())
+    _seen[path] = found
+    return found
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects
 def pytest_collection_modifyitems(config, items):
-    """Skip `cuda`-marked tests only where no CUDA device exists (CPU CI)."""
+    """Mark the ROS-touching tests `ros`; skip `cuda` ones where no CUDA device exists."""
+    ros = pytest.mark.ros
+    seen = {}
+    for item in items:
+        path = Path(str(item.path))
+        if path not in seen:
+            seen[path] = path.suffix == '.py' and touches_ros(path)
+        if seen[path] and item.get_closest_marker('ros') is None:
+            item.add_marker(ros)
     try:
         import torch
         has_cuda = torch.cuda.is_available()

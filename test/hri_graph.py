@@ -7,13 +7,15 @@ test fixture package hri_msgs (test/fixtures/hri_msgs, built by `make setup`).
 """
 
 import threading
-import time
 
 from hri_msgs.msg import Expression, IdsList, NormalizedRegionOfInterest2D, SoftBiometrics
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_system_default
 from sensor_msgs.msg import Image
 
 from node_graph import bgr_msg
+from soft_biometrics_ros.tools.node_process import NodeClient
+
+wait_for = NodeClient.wait_for
 
 FACE_TOPICS = {'roi': NormalizedRegionOfInterest2D, 'expression': Expression,
                'softbiometrics': SoftBiometrics, 'cropped': Image}
@@ -60,16 +62,6 @@ class HriListener:
     def messages(self, face_id, topic):
         with self.lock:
             return list(self.received.get((face_id, topic), []))
-
-
-def wait_for(predicate, timeout, period=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(period)
-    return predicate()
 
 
 class FakeDetector:

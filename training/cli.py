@@ -7,9 +7,10 @@ Commands and what they call (imported only when used)::
     evaluate   training.evaluation.run(cfg, checkpoint)            needs --checkpoint DIR
     zero-shot  training.evaluation.run_zero_shot(cfg)
     compare    training.compare.run(cfg)
-    export     training.export.run(cfg, checkpoint, out)           needs --checkpoint DIR;
+    export     training.export.run(cfg, checkpoint, out, onnx)     needs --checkpoint DIR;
                                                                    --output DIR (default
-                                                                   <output_dir>/export)
+                                                                   <output_dir>/export);
+                                                                   --onnx: the ONNX graph too
 
 Arguments after the options are dotted overrides parsed as YAML scalars, e.g.
 ``train.batch_size=8 method.name=dora data.rafdb.root=/data/RAF-DB/basic``; options
@@ -20,8 +21,10 @@ Every command but ``export`` reads data: its data roots are checked (they exist,
 least one is set) before anything is imported, built or downloaded. The user's errors
 (configuration and data errors, backbone weights that cannot be had, a checkpoint that
 does not fit, a run that cannot be resumed with these settings) print one
-``error: ...`` line and exit with status 2; anything else is a bug and keeps its
-traceback.
+``error: ...`` line and exit with status 2; a training stopped by SIGTERM or SIGINT
+(checkpoints/last saved) logs "interrupted at step N ... rerun the same command to
+resume" and exits with 128 + the signal's number (143, 130); anything else is a bug and
+keeps its traceback.
 """
 
 from __future__ import annotations
@@ -153,6 +156,10 @@ def command_parser(name: str, parser: Optional[argparse.ArgumentParser] = None
     parser.add_argument('--output', metavar='DIR',
                         help='output directory (default: <output_dir>/export)'
                         if command.takes_output else argparse.SUPPRESS)
+    parser.add_argument('--onnx', action='store_true',
+                        help='also write the ONNX graph of the exported model into it (what '
+                             'runtime: onnxruntime loads; saves the export at first start)'
+                        if name == 'export' else argparse.SUPPRESS)
     parser.add_argument('--print-config', action='store_true',
                         help='print the resolved configuration and exit')
     _add_common_options(parser)
@@ -197,6 +204,8 @@ def user_error_types() -> Tuple[Type[BaseException], ...]:
     """
     types: List[Type[BaseException]] = [ConfigError, CommandUnavailable]
     for module_name, names in (('training.datasets.common', ('DatasetError',)),
+                               ('soft_biometrics_ros.models.onnx_runtime',
+                                ('OnnxRuntimeUnavailable',)),
                                ('soft_biometrics_ros.models.backbone', ('BackboneError',)),
                                ('soft_biometrics_ros.models.checkpoint', ('CheckpointError',)),
                                ('soft_biometrics_ros.settings', ('SettingError',))):
@@ -230,6 +239,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         sub.error(f'{name} takes no --checkpoint')
     if not command.takes_output and args.output:
         sub.error(f'{name} takes no --output (set output_dir=... instead)')
+    if name != 'export' and args.onnx:
+        sub.error(f'{name} takes no --onnx (export does)')
     logging.basicConfig(level=getattr(logging, args.log_level),
                         format='%(asctime)s %(levelname)s %(name)s: %(message)s')
     try:
@@ -242,9 +253,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         call_args: List = [cfg]
         if command.needs_checkpoint:
             checkpoint = Path(args.checkpoint)
-            if not checkpoint.is_dir():
-                raise ConfigError(f'--checkpoint {checkpoint} is not a directory')
-            from soft_biometrics_ros.models.checkpoint import read_manifest
+            from soft_biometrics_ros.models.checkpoint import folder_problem, read_manifest
+            problem = folder_problem(checkpoint)
+            if problem:
+                raise ConfigError(f'--checkpoint {checkpoint} {problem}')
             read_manifest(checkpoint)  # no checkpoint: fail before any data is read
             call_args.append(str(checkpoint))
         if command.takes_output:
@@ -252,8 +264,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         function = resolve(name)
         if command.checks_method:
             check_method(cfg)
-        function(*call_args)
+        function(*call_args, **({'onnx': True} if args.onnx else {}))
     except Exception as error:
+        status = getattr(error, 'exit_status', None)
+        if isinstance(status, int) and status > 2:  # training.trainer.TrainingInterrupted
+            LOGGER.warning('%s', error)
+            return status
         if not isinstance(error, user_error_types()):
             raise
         print(f'error: {error}', file=sys.stderr)

@@ -30,8 +30,11 @@ class FaceClassifier(nn.Module):
     Attributes: `input_size` (square side S of the model input), `device`,
     `backbone_name`, `untrained` (True when the weights are random / never trained),
     `preprocess_config`, `compute_dtype` (autocast dtype used on CUDA; float32 = none;
-    torch.qint8 = the Linear layers were quantized to int8 for the CPU), `quantized`.
+    torch.qint8 = the Linear layers were quantized to int8 for the CPU), `quantized`,
+    `runtime` ('torch'; 'onnxruntime' for models.onnx_runtime.OnnxClassifier).
     """
+
+    runtime = 'torch'
 
     def __init__(self, backbone_name: str, preprocess_config: PreprocessConfig,
                  untrained: bool):

@@ -9,7 +9,10 @@ classifier) and `create_classifier` decides everything else in one place:
 2. build: `checkpoint.load_checkpoint` (the adapted multitask model) or
    `zero_shot.build_zero_shot_classifier` (full CLIP, text embeddings cached);
 3. prepare for inference: adapters merged into the weights (the only place that does
-   this for inference), eval mode, the precision set, random weights announced.
+   this for inference), eval mode, the precision set, random weights announced;
+4. the runtime (`runtime` setting, `onnx_runtime.resolve_runtime`): torch, or the same
+   model exported once to an ONNX graph (cached beside the checkpoint, or in the user
+   cache for zero-shot) and run by ONNX Runtime on the CPU (`onnx_runtime`).
 
 The node, the demo, predict, eval, bench and training all call it.
 
@@ -37,6 +40,7 @@ from soft_biometrics_ros.models.backbone import (
     backbone_from_weights_path, check_backbone_name, list_backbones)
 from soft_biometrics_ros.models.checkpoint import folder_problem, load_checkpoint
 from soft_biometrics_ros.models.classifier import FaceClassifier
+from soft_biometrics_ros.models.onnx_runtime import RUNTIMES, onnx_classifier, resolve_runtime
 from soft_biometrics_ros.models.zero_shot import build_zero_shot_classifier
 from soft_biometrics_ros.settings import setting, validate
 
@@ -109,6 +113,12 @@ class ModelConfig:
         'fp32', 'Inference precision: fp32; fp16 or bf16 (autocast, CUDA only, fp32 '
         'elsewhere); int8 (dynamic int8 Linear layers, CPU only, fp32 elsewhere).',
         choices=INFERENCE_PRECISIONS, applies='configure')
+    runtime: str = setting(
+        'torch', 'Classifier runtime: torch; onnxruntime (the model exported once to an '
+        'ONNX graph, cached beside the checkpoint or in ~/.cache/soft_biometrics_ros, run '
+        'by ONNX Runtime: CPU only, fp32, same answers, faster on a CPU); auto = '
+        'onnxruntime on a CPU device at fp32 when it is installed, torch otherwise.',
+        choices=RUNTIMES, applies='configure')
 
     def __post_init__(self):
         validate(self)
@@ -173,8 +183,11 @@ def create_classifier(config: Optional[ModelConfig] = None, *,
 
     Returns the classifier in eval mode on the resolved device (CUDA absent -> CPU with
     a warning), adapters merged into the weights (same outputs up to rounding, faster),
-    at the asked precision. Random weights are announced with an UNTRAINED warning.
-    Raises CheckpointError / BackboneError / ValueError saying what is wrong.
+    at the asked precision, in the asked runtime (an `onnx_runtime.OnnxClassifier` for
+    ONNX Runtime). Random weights are announced with an UNTRAINED warning.
+    Raises CheckpointError / BackboneError / ValueError saying what is wrong, and
+    onnx_runtime.OnnxRuntimeUnavailable (one line) when runtime onnxruntime is asked
+    for and the package is not installed.
     """
     if config is None:
         config = ModelConfig(**fields)
@@ -182,6 +195,7 @@ def create_classifier(config: Optional[ModelConfig] = None, *,
         raise TypeError('give create_classifier a ModelConfig or its fields, not both')
     source = config.resolve()
     device = resolve_device(config.device)
+    runtime = resolve_runtime(config.runtime, device, config.precision)
     if source.checkpoint is not None:
         if prompts is not None:
             logger.warning('prompts are used by the zero-shot classifier only; ignored with '
@@ -197,7 +211,11 @@ def create_classifier(config: Optional[ModelConfig] = None, *,
             backbone=source.backbone, pretrained=source.pretrained, prompts=prompts,
             device=device, cache_dir=cache_dir)
     classifier.eval()
-    classifier.set_precision(config.precision)
+    if runtime == 'onnxruntime':
+        classifier = onnx_classifier(classifier, checkpoint=source.checkpoint,
+                                     cache_dir=cache_dir, precision=config.precision)
+    else:
+        classifier.set_precision(config.precision)
     if classifier.untrained:
         logger.warning('UNTRAINED classifier: %s with random weights; predictions are '
                        'meaningless (tests and offline wiring only)', classifier.backbone_name)

@@ -3,7 +3,8 @@
 The node receives whatever a camera driver or bag sends, so every message is checked
 before its bytes are touched: an unknown encoding, a zero-size image, a row `step`
 shorter than a row, data shorter than `step * height`, a frame larger than
-`max_pixels`, compressed data that is no JPEG or PNG, or a JPEG/PNG that does not
+`max_pixels` (or a raw one larger than `MAX_RAW_FRAME_BYTES`, what the shipped Fast DDS
+profile carries), compressed data that is no JPEG or PNG, or a JPEG/PNG that does not
 decode raises `ImageConversionError` (a `ValueError`) whose message names the field
 and the mismatch. The node counts and skips such frames.
 
@@ -23,9 +24,11 @@ which understands the encodings cameras actually send:
 
 Compressed images (`sensor_msgs/CompressedImage`) must be JPEG or PNG, told by their
 magic number (the `format` field is free text): other formats OpenCV could decode (BMP,
-TIFF, WebP, ...) are refused unread. They are decoded with `cv2.imdecode` after their
-header dimensions are checked against `max_pixels`; a JPEG must end with its
-end-of-image marker, padding after it is ignored.
+TIFF, WebP, ...) are refused unread. They are decoded strictly by
+`soft_biometrics_ros.runtime.image_decode` (the core's decoder, which every tool uses
+too): the header's dimensions are checked against `max_pixels` and against the data's
+size before decoding, a JPEG must end with its end-of-image marker (padding after it
+is ignored), and a JPEG whose entropy-coded data is damaged is refused as corrupt.
 
 Only the message-handling functions touch ROS types (duck-typed on the message's
 fields); `bgr_to_imgmsg` imports `sensor_msgs` when called.
@@ -33,17 +36,17 @@ fields); `bgr_to_imgmsg` imports `sensor_msgs` when called.
 
 from __future__ import annotations
 
-import struct
 from typing import Optional, Tuple
 
 import cv2
 import numpy as np
 
-# 8K UHD (7680 x 4320): larger frames are rejected before their bytes are read.
-DEFAULT_MAX_PIXELS = 7680 * 4320
+from soft_biometrics_ros.runtime.image_decode import (DEFAULT_MAX_PIXELS, ImageDecodeError,
+                                                      decode_image, image_dimensions,
+                                                      image_format, walk_jpeg)
 
 
-class ImageConversionError(ValueError):
+class ImageConversionError(ImageDecodeError):
     """An image message that cannot be turned into a BGR array (the message says why).
 
     `kind` names the class of problem for counters: unknown_encoding, zero_size,
@@ -52,8 +55,7 @@ class ImageConversionError(ValueError):
     """
 
     def __init__(self, message: str, kind: str = 'invalid'):
-        super().__init__(message)
-        self.kind = kind
+        super().__init__(message, kind)
 
 
 # encoding -> (channels, numpy dtype of one channel, how to get BGR)
@@ -75,6 +77,11 @@ _RAW_ENCODINGS = {
 }
 
 SUPPORTED_ENCODINGS: Tuple[str, ...] = tuple(_RAW_ENCODINGS)
+
+# The largest raw frame (step x height bytes) accepted: 32 MiB holds 3840x2160 (4K UHD)
+# in every encoding above (bgra8: 31.6 MiB). fastdds/large_frames.xml's shared-memory
+# segment (64 MiB) holds two such frames; test/ros/test_fastdds.py checks they agree.
+MAX_RAW_FRAME_BYTES = 32 * 2 ** 20
 
 
 def _cv_bridge():
@@ -161,10 +168,13 @@ def raw_to_bgr(data, width: int, height: int, encoding: str, step: int,
 
 
 def imgmsg_to_bgr(msg, max_pixels: int = DEFAULT_MAX_PIXELS,
-                  use_cv_bridge: Optional[bool] = None) -> np.ndarray:
+                  use_cv_bridge: Optional[bool] = None,
+                  max_bytes: int = MAX_RAW_FRAME_BYTES) -> np.ndarray:
     """Convert a sensor_msgs/Image to a BGR uint8 array, checking it first.
 
     use_cv_bridge: None = use cv_bridge when importable; False = always the converter here.
+    max_bytes: raw frames whose data (step x height) is larger are refused (too_large):
+    the shipped Fast DDS profile carries frames up to this size (see MAX_RAW_FRAME_BYTES).
     """
     encoding = str(msg.encoding)
     width, height, step = int(msg.width), int(msg.height), int(msg.step)
@@ -173,6 +183,12 @@ def imgmsg_to_bgr(msg, max_pixels: int = DEFAULT_MAX_PIXELS,
             f'unknown image encoding {encoding!r}; supported encodings are '
             f'{", ".join(SUPPORTED_ENCODINGS)}', kind='unknown_encoding')
     check_pixels(width, height, max_pixels)
+    if max_bytes and step * height > max_bytes:
+        raise ImageConversionError(
+            f'raw {encoding} frame of {width}x{height} ({step * height / 2 ** 20:.1f} MiB) is '
+            f'larger than the {max_bytes / 2 ** 20:.0f} MiB a raw frame may have (what the '
+            'shipped Fast DDS profile carries); send it compressed (compressed: true) or '
+            'smaller', kind='too_large')
     bridge = _bridge() if use_cv_bridge is not False else None
     if bridge is not None and encoding not in ('uyvy', 'yuyv', '8UC3', '8UC4', '8UC1', '16UC1'):
         # Run the checks of the converter here on the header and size only, then let
@@ -201,158 +217,30 @@ def _check_raw_layout(data, width, height, encoding, step):
             f'needs {step * height} bytes', kind='truncated')
 
 
-# Magic numbers of the image formats cv2.imdecode also reads, to name what was sent.
-_OTHER_SIGNATURES = (
-    (b'BM', 'BMP'),
-    (b'II*\x00', 'TIFF'),
-    (b'MM\x00*', 'TIFF'),
-    (b'GIF87a', 'GIF'),
-    (b'GIF89a', 'GIF'),
-    (b'\x00\x00\x00\x0cjP  \r\n\x87\n', 'JPEG 2000'),
-    (b'\xff\x4f\xff\x51', 'JPEG 2000'),
-    (b'\x76\x2f\x31\x01', 'OpenEXR'),
-    (b'#?RADIANCE', 'Radiance HDR'),
-    (b'#?RGBE', 'Radiance HDR'),
-    (b'\x59\xa6\x6a\x95', 'Sun raster'),
-    (b'\xff\x0a', 'JPEG XL'),
-    (b'\x00\x00\x00\x0cJXL \r\n\x87\n', 'JPEG XL'),
-)
-
-# A JPEG header (SOI up to the start of scan) is a few dozen segments; a walk that
-# takes more steps than this is garbage (e.g. megabytes of 0xFF fill bytes) and is
-# given up at once instead of costing seconds of worker time.
-_JPEG_MAX_HEADER_STEPS = 1024
-
-
-def compressed_format(data: bytes) -> str:
-    """Name the image format of `data` from its magic number: 'JPEG', 'PNG', 'BMP', ...
-
-    Returns 'unknown' when no signature of a format OpenCV reads matches.
-    """
-    if data[:2] == b'\xff\xd8':
-        return 'JPEG'
-    if data[:8] == b'\x89PNG\r\n\x1a\n':
-        return 'PNG'
-    if data[:4] == b'RIFF' and data[8:12] == b'WEBP':
-        return 'WebP'
-    if data[4:8] == b'ftyp' and data[8:12] in (b'avif', b'avis', b'heic', b'heix', b'mif1'):
-        return 'AVIF/HEIF'
-    if len(data) >= 3 and data[:1] == b'P' and data[1:2] in b'1234567' \
-            and data[2:3] in b' \t\r\n':
-        return 'PNM'
-    if data[:2] in (b'PF', b'Pf') and data[2:3] in b' \t\r\n':
-        return 'PFM'
-    for signature, name in _OTHER_SIGNATURES:
-        if data.startswith(signature):
-            return name
-    return 'unknown'
-
-
-def _walk_jpeg(data: bytes) -> Tuple[str, Optional[Tuple[int, int]], Optional[int]]:
-    """Walk the marker segments of a JPEG from SOI to the first start-of-scan (SOS).
-
-    Returns (status, (width, height) or None, offset of the SOS marker or None), where
-    status is 'ok' (a frame header and then an SOS were found), 'end' (the data ends
-    inside the header: truncated) or 'bad' (not a valid marker sequence).
-    """
-    dims = None
-    pos = 2
-    for _ in range(_JPEG_MAX_HEADER_STEPS):
-        if pos + 2 > len(data):
-            return 'end', dims, None
-        if data[pos] != 0xFF:
-            return 'bad', dims, None
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # no length field
-            pos += 2
-            continue
-        if marker in (0x00, 0xD9):  # stuffed zero or end of image before any scan
-            return 'bad', dims, None
-        if marker == 0xDA:
-            return ('ok' if dims is not None else 'bad'), dims, pos
-        if pos + 4 > len(data):
-            return 'end', dims, None
-        length = struct.unpack('>H', data[pos + 2:pos + 4])[0]
-        if length < 2:
-            return 'bad', dims, None
-        # SOF0..SOF15 except DHT C4, JPG C8, DAC CC carry height and width.
-        if dims is None and 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            if pos + 9 > len(data):
-                return 'end', dims, None
-            height, width = struct.unpack('>HH', data[pos + 5:pos + 9])
-            dims = (width, height)
-        pos += 2 + length
-    return 'bad', dims, None
-
-
-def compressed_dimensions(data: bytes) -> Optional[Tuple[int, int]]:
-    """Return (width, height) read from a PNG or JPEG header, or None when not found."""
-    if data[:8] == b'\x89PNG\r\n\x1a\n' and len(data) >= 24 and data[12:16] == b'IHDR':
-        width, height = struct.unpack('>II', data[16:24])
-        return width, height
-    if data[:2] == b'\xff\xd8':
-        return _walk_jpeg(data)[1]
-    return None
+# The format checks and the strict decoder live in the core (runtime.image_decode); the
+# names below are kept for the callers of this module.
+compressed_format = image_format
+compressed_dimensions = image_dimensions
+_walk_jpeg = walk_jpeg
 
 
 def compressed_to_bgr(msg, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Decode a sensor_msgs/CompressedImage (JPEG or PNG) to a BGR uint8 array.
+    """Decode a sensor_msgs/CompressedImage (JPEG or PNG) to a BGR uint8 array, strictly.
 
-    The header is read first: data that is no JPEG or PNG (kind unsupported_format), a
-    header that cannot be read (corrupt), a JPEG cut off before its end-of-image marker
-    (truncated) or a frame above `max_pixels` (too_large) is refused before decoding.
+    `runtime.image_decode.decode_image` does the work: data that is no JPEG or PNG
+    (kind unsupported_format), a header that cannot be read or data too small for the
+    picture it claims (corrupt), a JPEG cut off before its end-of-image marker
+    (truncated) or a frame above `max_pixels` (too_large) is refused before decoding;
+    a JPEG whose entropy-coded data is damaged (libjpeg warns) is refused as corrupt.
     Bytes after a JPEG's end-of-image marker (the padding of UVC/MJPEG drivers, vendor
     trailers) are accepted, as libjpeg ignores them.
     """
-    data = bytes(msg.data)
     fmt = str(getattr(msg, 'format', '') or '')
-    if not data:
-        raise ImageConversionError(f'zero-size compressed image: no data (format {fmt!r})',
-                                   kind='zero_size')
-    found = compressed_format(data)
-    if found == 'JPEG':
-        status, dims, sos = _walk_jpeg(data)
-        if status == 'end':
-            raise ImageConversionError(
-                f'truncated JPEG ({len(data)} bytes, format {fmt!r}): the data ends inside '
-                'its header', kind='truncated')
-        if status == 'bad':
-            raise ImageConversionError(
-                f'corrupt compressed image: {len(data)} bytes (format {fmt!r}) start like a '
-                'JPEG but hold no valid marker sequence up to a frame header and a scan',
-                kind='corrupt')
-        check_pixels(dims[0], dims[1], max_pixels, what='compressed image')
-        # The end-of-image marker cannot occur inside the entropy-coded data (0xFF is
-        # stuffed there), so one after the first scan means the image is complete; what
-        # follows it is padding. libjpeg may hand back a half-grey frame for a cut-off
-        # JPEG; refuse it.
-        if data.rfind(b'\xff\xd9') < sos:
-            raise ImageConversionError(
-                f'truncated JPEG ({len(data)} bytes, format {fmt!r}): no end-of-image marker',
-                kind='truncated')
-    elif found == 'PNG':
-        dims = compressed_dimensions(data)
-        if dims is None:
-            raise ImageConversionError(
-                f'corrupt compressed image: {len(data)} bytes (format {fmt!r}) start like a '
-                'PNG but have no IHDR header', kind='corrupt')
-        check_pixels(dims[0], dims[1], max_pixels, what='compressed image')
-    else:
-        what = (f'data looks like {found}' if found != 'unknown'
-                else f'no known image signature (starts with {data[:4].hex()})')
-        raise ImageConversionError(
-            f'unsupported compressed image format: {what} ({len(data)} bytes, format '
-            f'{fmt!r}); only JPEG and PNG are accepted', kind='unsupported_format')
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
-    if image is None or image.size == 0:
-        raise ImageConversionError(
-            f'corrupt compressed image: {len(data)} bytes (format {fmt!r}, starts with '
-            f'{data[:4].hex()}) could not be decoded as {found}', kind='corrupt')
-    check_pixels(image.shape[1], image.shape[0], max_pixels, what='compressed image')
-    return image
+    try:
+        return decode_image(msg.data, max_pixels)
+    except ImageDecodeError as error:
+        raise ImageConversionError(f'{error} (format field {fmt!r})', kind=error.kind) \
+            from None
 
 
 def bgr_to_imgmsg(image: np.ndarray, header=None, encoding: str = 'bgr8'):

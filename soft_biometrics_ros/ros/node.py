@@ -209,13 +209,28 @@ class SoftBiometricsNode(LifecycleNode):
     def start(self) -> bool:
         """Configure and activate (what autostart does); return True when active."""
         if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+            if self.shutting_down():
+                return False  # Ctrl-C during configure: not the parameters' fault
             self.get_logger().error(
                 'autostart: configure failed; the node stays unconfigured. Fix the '
                 'parameters and call ~/change_state configure, or restart it.')
             return False
         return self.trigger_activate() == TransitionCallbackReturn.SUCCESS
 
+    def _interrupted(self) -> None:
+        """Raise KeyboardInterrupt when Ctrl-C has shut the context down mid-transition.
+
+        Whatever fails then (publishers on a dead context, a load cut short) is the
+        shutdown, not bad parameters. Ending the transition normally would make rclpy log
+        'Failed to complete transition' (its event cannot be published any more), so the
+        Ctrl-C goes on as what it is: main() ends quietly on it. (A library may have
+        swallowed the original KeyboardInterrupt, e.g. a bare `except:` around an import.)
+        """
+        if self.shutting_down():
+            raise KeyboardInterrupt('ROS was shut down during a lifecycle transition')
+
     def _fail(self, message: str) -> TransitionCallbackReturn:
+        self._interrupted()
         self._error = message
         self.get_logger().error(message)
         return TransitionCallbackReturn.FAILURE
@@ -248,8 +263,12 @@ class SoftBiometricsNode(LifecycleNode):
             pipeline = Pipeline(config)
             pipeline.warmup()
         except Exception as error:  # any load error must leave the node alive
+            from soft_biometrics_ros.models.checkpoint import CheckpointError
+            # A checkpoint's own errors say what is wrong; anything else keeps its type.
+            reason = str(error) if isinstance(error, CheckpointError) else \
+                f'{type(error).__name__}: {error}'
             return self._fail(f'configure failed: could not load {source.describe()}: '
-                              f'{type(error).__name__}: {error}')
+                              f'{reason}')
         classifier = getattr(pipeline, 'classifier', None)
         self._device = str(getattr(classifier, 'device', values['device']))
         self._backbone = str(getattr(classifier, 'backbone_name', source.backbone or ''))
@@ -264,6 +283,7 @@ class SoftBiometricsNode(LifecycleNode):
             self._tracker = FaceTracker(
                 settings_from(values, TrackerConfig, id_prefix=self._id_prefix),
                 enabled=bool(values['tracking']), ids=self._face_ids)
+        self._interrupted()
         self._faces_pub = self.create_lifecycle_publisher(FaceAttributesArray, '~/faces', 10)
         self._debug_pub = self.create_lifecycle_publisher(
             Image, '~/debug_image',
@@ -273,7 +293,7 @@ class SoftBiometricsNode(LifecycleNode):
         self._state = 'inactive'
         self.get_logger().info(
             f'configured in {time.monotonic() - started:.1f} s: {self._backbone} on '
-            f'{self._device}')
+            f'{self._device} ({getattr(classifier, "runtime", "torch")})')
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -419,8 +439,20 @@ class SoftBiometricsNode(LifecycleNode):
                 else:
                     self.process_frame(msg)
             except Exception as error:  # a worker that dies silently would look like a hang
+                if self._stop.is_set() or self.shutting_down():
+                    return  # Ctrl-C / shutdown: the frame in flight is no bad frame
                 self._bad_frame('internal', f'processing failed: {type(error).__name__}: '
                                             f'{error}')
+
+    def shutting_down(self) -> bool:
+        """Return True once the node's ROS context is shut down (Ctrl-C, rclpy.shutdown).
+
+        rclpy's SIGINT handler shuts the context down at once, while the worker may be in
+        the middle of a frame or configure in the middle of loading: what fails then
+        (publishing on a dead context) is the shutdown, not a bad frame or bad
+        parameters, and is neither counted nor logged as an error.
+        """
+        return not self.context.ok()
 
     def _warn_throttled(self, key: str, message) -> None:
         """Log `message()` as a warning at most once per BAD_FRAME_LOG_PERIOD_S per key."""

@@ -105,6 +105,7 @@ PARAMETERS: Tuple[ParameterSpec, ...] = (
     _spec(ModelConfig, 'pretrained'),
     _spec(ModelConfig, 'device'),
     _spec(ModelConfig, 'precision'),
+    _spec(ModelConfig, 'runtime'),
     _spec(NodeSettings, 'compressed'),
     _spec(PipelineConfig, 'detection_threshold'),
     _spec(PipelineConfig, 'min_face_size'),

@@ -517,7 +517,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ValueError, bag_io.BagError) as error:
         parser.exit(2, f'soft_biometrics_eval: error: {error}\n')
     from soft_biometrics_ros.runtime.pipeline import Pipeline
-    pipeline = Pipeline(config)
+    try:
+        pipeline = Pipeline(config)
+    except ValueError as error:  # e.g. a checkpoint mismatch, onnxruntime not installed
+        parser.exit(2, f'soft_biometrics_eval: error: {error}\n')
     if pipeline.untrained:
         LOGGER.warning('the classifier has RANDOM (untrained) weights: every label in the '
                        'results is meaningless. Pass --pretrained meta or --checkpoint DIR.')

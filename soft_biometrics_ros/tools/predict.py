@@ -83,6 +83,10 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument('--precision', default='fp32', choices=('fp32', 'fp16', 'bf16', 'int8'),
                        help='fp16/bf16: autocast on CUDA; int8: dynamic int8 Linear layers '
                             'on the CPU (default: fp32)')
+    model.add_argument('--runtime', default='torch', choices=('torch', 'onnxruntime', 'auto'),
+                       help='classifier runtime: torch, onnxruntime (CPU, fp32: the model '
+                            'exported once to a cached ONNX graph) or auto (onnxruntime on '
+                            'the CPU when installed) (default: torch)')
     detect = parser.add_argument_group('face detection')
     detect.add_argument('--threshold', type=float, default=0.9,
                         help='minimum MTCNN face score, in (0, 1) (default: 0.9)')
@@ -128,9 +132,13 @@ def pipeline_config(args: argparse.Namespace):
     pretrained = args.pretrained
     if not pretrained and not args.checkpoint:
         pretrained = 'none'
+    if args.runtime == 'onnxruntime':  # not installed: one line, before any file is read
+        from soft_biometrics_ros.models.onnx_runtime import resolve_runtime
+        resolve_runtime(args.runtime, 'cpu', args.precision)
     return PipelineConfig(
         checkpoint=args.checkpoint, backbone=args.backbone, pretrained=pretrained,
-        device=args.device, precision=args.precision, detection_threshold=args.threshold,
+        device=args.device, precision=args.precision, runtime=args.runtime,
+        detection_threshold=args.threshold,
         min_face_size=args.min_face_size, max_faces=args.max_faces,
         detection_scale=args.detection_scale, margin=args.margin, align=args.align)
 
@@ -181,13 +189,16 @@ def is_video(path: Path) -> bool:
     return path.suffix.lower() in VIDEO_SUFFIXES
 
 
-def read_image(path: Path) -> Optional[np.ndarray]:
-    """Return the image at `path` as BGR (or grayscale) uint8, None if unreadable."""
-    # imdecode of the bytes (not imread) also reads paths with non-ASCII characters.
-    data = np.fromfile(str(path), dtype=np.uint8)
-    if data.size == 0:
-        return None
-    return cv2.imdecode(data, cv2.IMREAD_COLOR)
+def read_image(path: Path) -> np.ndarray:
+    """Return the image at `path` as BGR uint8.
+
+    JPEG and PNG are decoded strictly (runtime.image_decode: a damaged file is refused,
+    not answered as a grey picture), other formats by OpenCV. Raises OSError (unreadable
+    file) or ImageDecodeError (a ValueError: corrupt, empty or no image), which the
+    caller reports as a skipped input.
+    """
+    from soft_biometrics_ros.runtime.image_decode import read_image_file
+    return read_image_file(path)
 
 
 def video_frames(path: Path, every_n: int, max_frames: int, progress: bool
@@ -274,15 +285,14 @@ class Predictor:
                 _skip(self.summary, str(path), str(error))
             except ValueError as error:
                 from soft_biometrics_ros.runtime.detection import InvalidImageError
-                if not isinstance(error, InvalidImageError):
+                from soft_biometrics_ros.runtime.image_decode import ImageDecodeError
+                if not isinstance(error, (InvalidImageError, ImageDecodeError)):
                     raise
                 _skip(self.summary, str(path), str(error))
         return self.summary
 
     def _image(self, path: Path) -> None:
         image = read_image(path)
-        if image is None:
-            raise OSError('not a readable image (unknown format, empty or corrupt file)')
         estimates, timings = self.pipeline.process(image, color_order='bgr')
         self.summary.images += 1
         self.summary.faces += len(estimates)

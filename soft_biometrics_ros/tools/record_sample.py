@@ -73,11 +73,13 @@ def image_paths(inputs: Sequence[str]) -> List[Path]:
 
 def frames_from_images(paths: Sequence[Path], skipped: List[str]) -> Iterator[np.ndarray]:
     """Yield each readable image as BGR; unreadable files are appended to `skipped`."""
+    from soft_biometrics_ros.runtime.image_decode import ImageDecodeError, read_image_file
     for path in paths:
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if image is None or image.size == 0:
-            LOGGER.warning('skipping %s: OpenCV cannot read it as an image', path)
-            skipped.append(f'{path}: not a readable image')
+        try:  # JPEG/PNG strictly: a damaged file is skipped, not recorded as grey
+            image = read_image_file(path)
+        except (OSError, ImageDecodeError) as error:
+            LOGGER.warning('skipping %s: %s', path, error)
+            skipped.append(f'{path}: not a readable image ({error})')
             continue
         yield image
 

@@ -187,7 +187,7 @@ def test_config_defaults_match_the_contract():
     config = PipelineConfig()
     assert config.to_dict() == dict(
         checkpoint='', backbone='PE-Core-T-16-384', pretrained='none', device='cuda',
-        precision='fp32', detection_threshold=0.9, min_face_size=40, max_faces=10,
+        precision='fp32', runtime='torch', detection_threshold=0.9, min_face_size=40, max_faces=10,
         detection_scale=1.0, margin=0.2, align=False)
     assert PipelineConfig.from_dict({'device': 'cpu', 'max_faces': 3}).max_faces == 3
 

@@ -31,3 +31,21 @@ def test_other_middlewares_are_left_alone():
     environ = {'RMW_IMPLEMENTATION': 'rmw_cyclonedds_cpp'}
     assert use_large_frames_profile(environ) is None
     assert not any(name in environ for name in PROFILE_ENVS)
+
+
+def test_the_shipped_profile_carries_every_raw_frame_the_node_accepts():
+    # A raw frame the node would accept but Fast DDS cannot carry vanishes without a
+    # trace: the segment must hold the largest accepted frame (plus room for a second
+    # one in flight), and the largest accepted frame must hold 4K in every encoding.
+    import xml.etree.ElementTree as ElementTree
+
+    from soft_biometrics_ros.ros.image_conversion import MAX_RAW_FRAME_BYTES
+    namespace = {'dds': 'http://www.eprosima.com'}
+    root = ElementTree.parse(large_frames_profile()).getroot()
+    shm = [t for t in root.iterfind('.//dds:transport_descriptor', namespace)
+           if t.findtext('dds:type', namespaces=namespace) == 'SHM']
+    assert len(shm) == 1
+    segment = int(shm[0].findtext('dds:segment_size', namespaces=namespace))
+    message = int(shm[0].findtext('dds:maxMessageSize', namespaces=namespace))
+    assert segment >= 2 * MAX_RAW_FRAME_BYTES and message >= MAX_RAW_FRAME_BYTES + 65536
+    assert MAX_RAW_FRAME_BYTES >= 3840 * 2160 * 4

@@ -8,6 +8,7 @@ import pytest
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
+from soft_biometrics_ros.runtime import image_decode
 from soft_biometrics_ros.ros.image_conversion import (
     ImageConversionError, SUPPORTED_ENCODINGS, bgr_to_compressed, bgr_to_imgmsg,
     compressed_dimensions, compressed_to_bgr, imgmsg_to_bgr, raw_to_bgr)
@@ -231,21 +232,24 @@ def jpeg_bytes(image, progressive=False):
 
 
 class DecodeSpy:
-    """Wraps the real cv2.imdecode and records how often it ran."""
+    """Wraps the core's real JPEG and PNG pixel decoders and counts how often they ran."""
 
     def __init__(self):
         self.calls = 0
-        self.real = cv2.imdecode
 
-    def __call__(self, *args):
-        self.calls += 1
-        return self.real(*args)
+    def wrap(self, real):
+        def counted(*args):
+            self.calls += 1
+            return real(*args)
+        return counted
 
 
 @pytest.fixture
 def decode_spy(monkeypatch):
     spy = DecodeSpy()
-    monkeypatch.setattr(cv2, 'imdecode', spy)
+    for name in ('_decode_jpeg', '_decode_png'):
+        monkeypatch.setattr(image_decode, name, spy.wrap(getattr(image_decode, name)))
+    monkeypatch.setattr(cv2, 'imdecode', spy.wrap(cv2.imdecode))
     return spy
 
 

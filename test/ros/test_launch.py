@@ -34,8 +34,8 @@ def test_compiles(tmp_path):
 def test_module_level_import_needs_no_launch():
     module = load_module()
     assert callable(module.generate_launch_description)
-    assert set(module.LAUNCH_ARGUMENTS) == {'image', 'device', 'checkpoint', 'backbone',
-                                            'pretrained', 'namespace', 'autostart',
+    assert set(module.LAUNCH_ARGUMENTS) == {'image', 'device', 'runtime', 'checkpoint',
+                                            'backbone', 'pretrained', 'namespace', 'autostart',
                                             'params_file', 'publish_ros4hri', 'face_source'}
     params_file = module.default_params_file()
     assert params_file.endswith('node.yaml')
@@ -80,8 +80,8 @@ def test_node_action_matches_the_package():
 def test_parameter_arguments_are_node_parameters_of_their_type():
     from soft_biometrics_ros.ros.parameters import SPECS
     module = load_module()
-    assert {'device', 'checkpoint', 'backbone', 'pretrained', 'autostart', 'publish_ros4hri',
-            'face_source'} == set(module.PARAMETER_ARGUMENTS)
+    assert {'device', 'runtime', 'checkpoint', 'backbone', 'pretrained', 'autostart',
+            'publish_ros4hri', 'face_source'} == set(module.PARAMETER_ARGUMENTS)
     for name, kind in module.PARAMETER_ARGUMENTS.items():
         assert type(SPECS[name].default) is kind, name
         assert module.LAUNCH_ARGUMENTS[name][0] == '', name  # empty: params_file's value

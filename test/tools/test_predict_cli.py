@@ -37,6 +37,10 @@ def media(tmp_path_factory):
     cv2.imwrite(str(folder / 'a_two_faces.png'), sample_data.tiled_faces_bgr(2, 128)[0])
     cv2.imwrite(str(folder / 'b_no_face.png'), np.full((96, 128, 3), 80, np.uint8))
     (folder / 'c_broken.jpg').write_bytes(b'\xff\xd8\xff\xe0 this is not a JPEG')
+    # A real JPEG cut to a quarter and closed with an end marker: OpenCV decodes it to a
+    # grey-filled picture and only warns; the strict decoder refuses it.
+    whole = cv2.imencode('.jpg', sample_data.astronaut_bgr())[1].tobytes()
+    (folder / 'd_damaged.jpg').write_bytes(whole[:len(whole) // 4] + b'\xff\xd9')
     (folder / 'notes.txt').write_text('not media, ignored')
     video = root / 'clip.mp4'
     frames = sample_data.panning_frames(num_frames=3, width=320, height=240, step_px=6)
@@ -87,8 +91,9 @@ def test_json_lines_for_an_image_a_folder_and_a_video(media, tmp_path):
     assert [r['frame'] for r in video] == [0, 2]
     assert video[1]['time_s'] == pytest.approx(0.2)
     assert all(len(r['faces']) == 2 for r in video)
-    # The corrupt file is reported and skipped; the untrained model is announced.
+    # The corrupt files are reported and skipped; the untrained model is announced.
     assert 'c_broken.jpg' in result.stderr
+    assert 'd_damaged.jpg' in result.stderr and 'Corrupt JPEG data' in result.stderr
     assert 'RANDOM' in result.stderr or 'UNTRAINED' in result.stderr
     assert 'notes.txt' not in result.stdout
     written = sorted(p.name for p in annotated.iterdir())

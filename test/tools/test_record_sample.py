@@ -34,6 +34,9 @@ def test_images_folder_to_image_bag(tmp_path):
     for i, frame in enumerate(frames):
         cv2.imwrite(str(folder / f'{i:02d}.png'), frame)
     (folder / '03.jpg').write_bytes(b'not an image at all')  # skipped, counted
+    # A damaged JPEG (a quarter + end marker) that OpenCV would decode to grey: skipped.
+    whole = cv2.imencode('.jpg', frames[0])[1].tobytes()
+    (folder / '04.jpg').write_bytes(whole[:len(whole) // 4] + b'\xff\xd9')
     (folder / 'notes.txt').write_text('ignored: not an image suffix')
     out = tmp_path / 'bag'
     result = subprocess.run(
@@ -42,8 +45,8 @@ def test_images_folder_to_image_bag(tmp_path):
          '--storage', 'sqlite3'], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert 'wrote 3 sensor_msgs/msg/Image frames on /camera/image_raw' in result.stdout
-    assert 'skipped 1 unreadable input' in result.stdout
-    assert '03.jpg' in result.stderr
+    assert 'skipped 2 unreadable input' in result.stdout
+    assert '03.jpg' in result.stderr and '04.jpg' in result.stderr
     topic, got = _read_back(out)
     assert topic == record_sample.DEFAULT_TOPIC
     stamps = [1_700_000_000_500_000_000 + i * 250_000_000 for i in range(3)]

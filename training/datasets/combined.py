@@ -17,8 +17,9 @@ An item is a dict::
 
 which torch's default collate batches into (N, ...) tensors per key. An image that
 fails to load (e.g. truncated after its header) is replaced by the next loadable
-sample, with a warning and a count in ``load_failures`` (per worker process): one
-bad file never stops training.
+sample, with a warning and a count in ``load_failures`` (per worker process), and
+the item carries ``load_failures`` (int64 tensor (): images that failed before it),
+which training sums into train_summary.json: one bad file never stops training.
 """
 
 from __future__ import annotations
@@ -49,10 +50,18 @@ def load_face(sample: Sample) -> np.ndarray:
     Without a box, the whole image. With one, the node's face crop
     (soft_biometrics_ros.runtime.detection.crop_faces with the sample's margin) at the crop's
     own resolution: a square of side round(max(w, h) x (1 + 2 margin)). Raises
-    OSError/ValueError when the file cannot be decoded.
+    OSError/ValueError when the file cannot be decoded: JPEG and PNG are decoded strictly
+    (soft_biometrics_ros.runtime.image_decode), so a damaged file is a load failure,
+    not a grey training image; other formats are read by Pillow.
     """
-    with Image.open(sample.path) as image:
-        rgb = np.array(image.convert('RGB'))  # a writable copy (torch warns on read-only)
+    from soft_biometrics_ros.runtime.image_decode import decode_image, image_format
+    with open(sample.path, 'rb') as handle:
+        data = handle.read()
+    if image_format(data) in ('JPEG', 'PNG'):
+        rgb = np.ascontiguousarray(decode_image(data, what=f'image {sample.path}')[:, :, ::-1])
+    else:
+        with Image.open(sample.path) as image:
+            rgb = np.array(image.convert('RGB'))  # a writable copy (torch warns on read-only)
     if sample.box is None:
         return rgb
     x0, y0, x1, y1 = sample.box
@@ -97,7 +106,11 @@ class CombinedDataset(Dataset):
                                '(%d load failures in this process)', self.name, sample.path,
                                error, self.load_failures)
                 continue
-            return self._item(position, sample, rgb)
+            item = self._item(position, sample, rgb)
+            # How many images failed before this one was found: the loop sums these (they
+            # come back from DataLoader worker processes too) into train_summary.json.
+            item['load_failures'] = torch.tensor(attempt, dtype=torch.int64)
+            return item
         raise RuntimeError(f'{self.name} set: {MAX_REPLACEMENTS} consecutive images from '
                            f'index {index} could not be loaded; is the data readable?')
 

@@ -1,0 +1,413 @@
+"""The classifier in ONNX Runtime on the CPU: one exported graph per model, cached.
+
+`create_classifier` (models.factory) calls `onnx_classifier` when the `runtime` setting
+resolves to onnxruntime (`resolve_runtime`: `onnxruntime`, or `auto` on a CPU device
+with the package installed). The inference model as torch would run it (backbone with
+its adapters already merged, MTLoRA's per-task streams, the heads; or zero-shot's image
+tower with the text-embedding classifier) is exported once with `torch.onnx.export`
+(TorchScript exporter, opset 18, dynamic batch axis) to a graph whose outputs are the
+three tasks' probabilities, and run by an `onnxruntime.InferenceSession`
+(CPUExecutionProvider, intra-op threads = torch's, idle threads sleep).
+
+The graph is cached, keyed by a hash of every weight and of the module structure, and
+by the torch (exporter) and onnxruntime versions:
+
+- a checkpoint's graph lives in the checkpoint folder, `onnx/classifier-<key>.onnx`
+  (a read-only checkpoint falls back to the user cache); zero-shot's in the user cache,
+  `$XDG_CACHE_HOME/soft_biometrics_ros/onnx` (or the `cache_dir` given), one per
+  architecture. Zero-shot on random weights (a new draw every build) is never cached.
+- `<graph>.json` beside it records the key and the graph file's sha256: a graph whose
+  record is missing, whose hash differs (a corrupt or truncated file) or that
+  onnxruntime cannot load is exported again, never trusted. Both files are written
+  beside their target and renamed into place (an interruption leaves no half file).
+
+Precision: fp32 (fp16 / bf16 are CUDA-only and run in fp32 here, as torch does); int8 is
+refused (`INT8_REFUSAL`): ONNX Runtime's dynamic int8 measured slower than torch's
+int8 on this project's 2-core x86 machine (README, "ONNX Runtime").
+
+No ROS here (core layer).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from soft_biometrics_ros import labels
+from soft_biometrics_ros.device import resolve_precision
+from soft_biometrics_ros.files import sha256_file
+from soft_biometrics_ros.models.classifier import FaceClassifier
+
+logger = logging.getLogger(__name__)
+
+RUNTIMES = ('torch', 'onnxruntime', 'auto')
+OPSET = 18
+GRAPH_FOLDER = 'onnx'
+INPUT_NAME = 'images'
+# Bumped when the exported graph's layout (inputs, outputs, wrapper) changes.
+GRAPH_FORMAT = 1
+INSTALL_HINT = ('pip install -r requirements/runtime.txt (it pins onnxruntime), or set '
+                'runtime: torch')
+INT8_REFUSAL = ('precision int8 with runtime onnxruntime is refused: ONNX Runtime\'s dynamic '
+                'int8 measured slower than torch\'s int8 on the CPU (README, "ONNX Runtime"); '
+                'use runtime: torch with precision: int8, or onnxruntime with fp32')
+
+
+class OnnxRuntimeUnavailable(ValueError):
+    """runtime onnxruntime was asked for and the onnxruntime package cannot be imported.
+
+    A ValueError: a setting this installation cannot honour (the CLIs report it as a bad
+    option, the node as a failed configure), in one line.
+    """
+
+
+def _import_onnxruntime():
+    """Return the onnxruntime module, or raise OnnxRuntimeUnavailable in one line."""
+    try:
+        import onnxruntime
+    except ImportError as error:
+        raise OnnxRuntimeUnavailable(
+            f'runtime onnxruntime: the onnxruntime package is not installed ({error}); '
+            f'{INSTALL_HINT}') from None
+    return onnxruntime
+
+
+def onnxruntime_version() -> Optional[str]:
+    """Return the installed onnxruntime's version, or None when it cannot be imported."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    return onnxruntime.__version__
+
+
+def resolve_runtime(name: Optional[str], device: Union[str, torch.device],
+                    precision: Optional[str] = 'fp32') -> str:
+    """Return 'torch' or 'onnxruntime' for the `runtime` setting on `device`.
+
+    torch: torch. onnxruntime: ONNX Runtime; raises OnnxRuntimeUnavailable (one line)
+    when it is not installed, ValueError on a non-CPU device and for precision int8
+    (INT8_REFUSAL). auto: onnxruntime on a CPU device when it is installed and the
+    precision is not int8, torch otherwise (and on CUDA), with an info line saying which.
+    """
+    key = (name or 'auto').strip().lower()
+    if key not in RUNTIMES:
+        raise ValueError(f'runtime {name!r} is not one of {", ".join(RUNTIMES)}')
+    device = torch.device(device)
+    int8 = (precision or 'fp32').strip().lower() in ('int8', 'qint8')
+    if key == 'torch':
+        return 'torch'
+    if key == 'onnxruntime':
+        if device.type != 'cpu':
+            raise ValueError(f'runtime onnxruntime runs the classifier on the CPU; device is '
+                             f'{device} (use runtime: torch or auto there)')
+        if int8:
+            raise ValueError(INT8_REFUSAL)
+        _import_onnxruntime()
+        return 'onnxruntime'
+    if device.type != 'cpu':
+        logger.info('runtime auto: torch on %s (ONNX Runtime is used on the CPU only)', device)
+        return 'torch'
+    if int8:
+        logger.info('runtime auto: torch (precision int8 runs in torch; ONNX Runtime runs '
+                    'fp32)')
+        return 'torch'
+    version = onnxruntime_version()
+    if version is None:
+        logger.info('runtime auto: onnxruntime is not installed; the classifier runs in torch '
+                    '(%s for the faster CPU runtime)', INSTALL_HINT.split(',')[0])
+        return 'torch'
+    logger.info('runtime auto: the classifier runs in ONNX Runtime %s on the CPU', version)
+    return 'onnxruntime'
+
+
+class ProbabilityGraph(nn.Module):
+    """What is exported: images (N, 3, S, S) -> the tasks' probabilities, schema order."""
+
+    def __init__(self, classifier: FaceClassifier):
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, images: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """Return one (N, C_task) probability tensor per task, in labels.TASKS order."""
+        logits = self.classifier(images)
+        return tuple(logits[task].float().softmax(dim=-1) for task in labels.TASKS)
+
+
+def model_key(classifier: FaceClassifier) -> str:
+    """Return the cache key of `classifier`'s graph (20 hex digits).
+
+    Hashes every state-dict tensor (name, dtype, shape and all its bytes), the module
+    structure (its repr), the input size, the graph format and the torch and
+    onnxruntime versions: any change of weights, architecture, exporter or runtime
+    gives another key.
+    """
+    digest = hashlib.sha256()
+    header = [type(classifier).__name__, classifier.backbone_name, classifier.input_size,
+              repr(classifier), torch.__version__, onnxruntime_version(), GRAPH_FORMAT, OPSET]
+    digest.update(json.dumps(header, default=str).encode())
+    for name, tensor in sorted(classifier.state_dict().items()):
+        tensor = tensor.detach().to('cpu').contiguous()
+        digest.update(f'{name}|{tensor.dtype}|{tuple(tensor.shape)}'.encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().data)
+    return digest.hexdigest()[:20]
+
+
+def user_cache_dir(cache_dir: Union[None, str, Path] = None) -> Path:
+    """Return where graphs without a checkpoint folder are cached.
+
+    `cache_dir`/onnx when given, else $XDG_CACHE_HOME (default ~/.cache)
+    /soft_biometrics_ros/onnx.
+    """
+    if cache_dir:
+        return Path(cache_dir).expanduser() / GRAPH_FOLDER
+    base = os.environ.get('XDG_CACHE_HOME') or str(Path.home() / '.cache')
+    return Path(base).expanduser() / 'soft_biometrics_ros' / GRAPH_FOLDER
+
+
+def graph_path(classifier: FaceClassifier, checkpoint: Optional[Path],
+               cache_dir: Union[None, str, Path] = None, key: Optional[str] = None) -> Path:
+    """Return where the graph of `classifier` is cached (see the module docstring)."""
+    key = key or model_key(classifier)
+    if checkpoint is not None:
+        folder = Path(checkpoint) / GRAPH_FOLDER
+        if _writable(folder):
+            return folder / f'classifier-{key}.onnx'
+        logger.warning('checkpoint %s is not writable; its ONNX graph is cached in %s',
+                       checkpoint, user_cache_dir(cache_dir))
+        return user_cache_dir(cache_dir) / f'checkpoint-{classifier.backbone_name}-{key}.onnx'
+    return user_cache_dir(cache_dir) / f'zero-shot-{classifier.backbone_name}-{key}.onnx'
+
+
+def _writable(folder: Path) -> bool:
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    return os.access(existing, os.W_OK)
+
+
+def _record_path(path: Path) -> Path:
+    return path.with_suffix('.json')
+
+
+def _replace_atomically(write, target: Path) -> None:
+    """Call write(temporary_path) beside `target`, then rename it onto `target`."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(prefix=f'.{target.name}.', suffix='.tmp',
+                                    dir=str(target.parent))
+    os.close(handle)
+    temporary = Path(name)
+    try:
+        write(temporary)
+        os.replace(temporary, target)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+
+
+def export_graph(classifier: FaceClassifier, path: Union[str, Path],
+                 key: Optional[str] = None) -> Path:
+    """Export `classifier` (fp32, eval, adapters merged) to the ONNX graph `path`, atomically.
+
+    Writes `path` and its record `<path>.json` (key, sha256 of the graph, versions).
+    Returns `path`. Stale graphs of other keys in the same folder are removed.
+    """
+    path = Path(path)
+    key = key or model_key(classifier)
+    if classifier.quantized:
+        raise ValueError('export the fp32 classifier; int8 (torch dynamic quantization) '
+                         'layers do not export to ONNX')
+    size = classifier.input_size
+    example = torch.zeros((2, 3, size, size))
+    graph = ProbabilityGraph(classifier).eval()
+    outputs = list(labels.TASKS)
+    axes = {INPUT_NAME: {0: 'batch'}, **{task: {0: 'batch'} for task in outputs}}
+
+    def write(temporary: Path) -> None:
+        import warnings
+        with warnings.catch_warnings(), torch.no_grad():
+            # The TorchScript exporter warns about traced Python values (shapes read in
+            # Python) that it keeps symbolic; the equality tests check the result.
+            warnings.simplefilter('ignore')
+            torch.onnx.export(graph, (example,), str(temporary), opset_version=OPSET,
+                              dynamo=False, input_names=[INPUT_NAME], output_names=outputs,
+                              dynamic_axes=axes, do_constant_folding=True)
+
+    started = time.monotonic()
+    logger.info('exporting the %s classifier to ONNX (once per model; PE-Core-T ~10 s on 2 '
+                'cores, larger backbones longer): %s', classifier.backbone_name, path)
+    _replace_atomically(write, path)
+    record = {'key': key, 'sha256': sha256_file(path), 'backbone': classifier.backbone_name,
+              'input_size': size, 'opset': OPSET, 'outputs': outputs,
+              'torch': torch.__version__, 'onnxruntime': onnxruntime_version()}
+    _replace_atomically(lambda temporary: temporary.write_text(json.dumps(record, indent=1)),
+                        _record_path(path))
+    logger.info('ONNX graph written in %.1f s: %s (%.1f MB)', time.monotonic() - started,
+                path, path.stat().st_size / 1e6)
+    prefix = path.name[:-len(f'{key}.onnx')]
+    for stale in path.parent.glob(f'{prefix}*.onnx'):
+        if stale != path:
+            stale.unlink(missing_ok=True)
+            _record_path(stale).unlink(missing_ok=True)
+    return path
+
+
+def cached_graph_problem(path: Path, key: str) -> Optional[str]:
+    """Return None when `path` is a complete cached graph for `key`, else what is wrong."""
+    if not path.is_file():
+        return 'not exported yet'
+    record_path = _record_path(path)
+    try:
+        record = json.loads(record_path.read_text())
+    except (OSError, ValueError) as error:
+        return f'its record {record_path.name} is unreadable ({error})'
+    if not isinstance(record, dict) or record.get('key') != key:
+        return f'its record {record_path.name} is for another model'
+    if record.get('sha256') != sha256_file(path):
+        return 'the graph file does not match its recorded sha256 (corrupt or truncated)'
+    return None
+
+
+def session_options(threads: Optional[int] = None):
+    """Return onnxruntime SessionOptions: `threads` intra-op threads (None = torch's), no spin.
+
+    Idle worker threads sleep instead of spinning, so a classifier waiting for frames
+    leaves the cores to the detector and the rest of the robot.
+    """
+    ort = _import_onnxruntime()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = int(threads or torch.get_num_threads())
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry('session.intra_op.allow_spinning', '0')
+    options.add_session_config_entry('session.inter_op.allow_spinning', '0')
+    options.log_severity_level = 3  # errors only; warnings come back as exceptions
+    return options
+
+
+def open_session(path: Union[str, Path], threads: Optional[int] = None):
+    """Return an onnxruntime.InferenceSession of the graph `path` on the CPU."""
+    ort = _import_onnxruntime()
+    return ort.InferenceSession(str(path), sess_options=session_options(threads),
+                                providers=['CPUExecutionProvider'])
+
+
+class OnnxClassifier(FaceClassifier):
+    """A FaceClassifier whose forward runs an exported graph in ONNX Runtime (CPU).
+
+    Same interface as the torch classifier it was exported from (preprocess,
+    predict_proba, predict, input_size, backbone_name, untrained, method_name...).
+    It has no torch parameters; `forward` returns log-probabilities as the logits
+    (softmax gives back the graph's probabilities, so torch code that applies softmax
+    to logits, like training.evaluation, reads the same answers). `runtime` is
+    'onnxruntime', `graph_path` the graph file it runs.
+    """
+
+    runtime = 'onnxruntime'
+
+    def __init__(self, session, source: FaceClassifier, graph_file: Path):
+        super().__init__(source.backbone_name, source.preprocess_config, source.untrained)
+        self.session = session
+        self.graph_path = Path(graph_file)
+        self.source_type = type(source).__name__
+        for name in ('method_name', 'pretrained', 'backbone_fingerprint', 'merged'):
+            if hasattr(source, name):
+                setattr(self, name, getattr(source, name))
+        self._outputs = [o.name for o in session.get_outputs()]
+        if self._outputs != list(labels.TASKS):
+            raise ValueError(f'ONNX graph {graph_file} gives {self._outputs}, expected the '
+                             f'tasks {list(labels.TASKS)}')
+
+    @property
+    def threads(self) -> int:
+        """Intra-op threads of the session."""
+        return int(self.session.get_session_options().intra_op_num_threads)
+
+    def set_precision(self, precision) -> torch.dtype:
+        """fp32 (fp16 / bf16 fall back to fp32 on the CPU with a warning); int8 is refused."""
+        if isinstance(precision, torch.dtype):
+            precision = {torch.qint8: 'int8'}.get(precision, 'fp32')
+        dtype = resolve_precision(precision, 'cpu')
+        if dtype == torch.qint8:
+            raise ValueError(INT8_REFUSAL)
+        self.compute_dtype = torch.float32
+        return self.compute_dtype
+
+    def run(self, images: np.ndarray) -> List[np.ndarray]:
+        """Run the graph on a float32 (N, 3, S, S) array; return one array per task."""
+        return self.session.run(self._outputs, {INPUT_NAME: images})
+
+    def predict_proba(self, batch: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Return task -> probabilities (N, C_task) float32, as FaceClassifier's."""
+        size = self.input_size
+        if batch.ndim != 4 or batch.shape[1] != 3 or tuple(batch.shape[2:]) != (size, size):
+            raise ValueError(
+                f'batch has shape {tuple(batch.shape)}; expected (N, 3, {size}, {size}) '
+                f'(use .preprocess(crops))')
+        if batch.shape[0] == 0:
+            return {t: torch.zeros((0, labels.NUM_CLASSES[t])) for t in labels.TASKS}
+        images = np.ascontiguousarray(batch.detach().to('cpu', torch.float32).numpy())
+        return {task: torch.from_numpy(p) for task, p in zip(labels.TASKS, self.run(images))}
+
+    def forward(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Return task -> log-probabilities (N, C_task) (softmax = the probabilities)."""
+        probabilities = self.predict_proba(images)
+        return {t: p.clamp_min(1e-38).log() for t, p in probabilities.items()}
+
+    def extra_repr(self) -> str:
+        """Say what runs: the graph file and the threads."""
+        return f'{self.source_type} in ONNX Runtime, graph={self.graph_path}, ' \
+               f'threads={self.threads}'
+
+
+def onnx_classifier(classifier: FaceClassifier, checkpoint: Optional[Path] = None,
+                    cache_dir: Union[None, str, Path] = None,
+                    precision: Optional[str] = 'fp32') -> OnnxClassifier:
+    """Return `classifier` (eval, fp32, adapters merged) running in ONNX Runtime.
+
+    Loads the cached graph when its key matches (see the module docstring), else exports
+    it (logging how long that took) and caches it; a cached graph that fails its check or
+    does not load is exported again. Zero-shot on random weights is exported to a
+    temporary file, not cached. Raises OnnxRuntimeUnavailable when onnxruntime is not
+    installed and ValueError for precision int8 (INT8_REFUSAL).
+    """
+    _import_onnxruntime()
+    if resolve_precision(precision, 'cpu') == torch.qint8:
+        raise ValueError(INT8_REFUSAL)
+    classifier = classifier.to('cpu').eval()
+    key = model_key(classifier)
+    if checkpoint is None and classifier.untrained:
+        # Random zero-shot weights are drawn anew at every build: nothing to reuse.
+        folder = Path(tempfile.mkdtemp(prefix='soft_biometrics_onnx_'))
+        path = export_graph(classifier, folder / f'zero-shot-{key}.onnx', key)
+        session = open_session(path)
+        return OnnxClassifier(session, classifier, path)
+    path = graph_path(classifier, checkpoint, cache_dir, key)
+    problem = cached_graph_problem(path, key)
+    if problem is None:
+        started = time.monotonic()
+        try:
+            session = open_session(path)
+        except Exception as error:  # onnxruntime raises its own exception types
+            logger.warning('cached ONNX graph %s does not load (%s); exporting it again',
+                           path, str(error).splitlines()[0] if str(error) else error)
+        else:
+            logger.info('ONNX graph loaded from cache in %.1f s: %s',
+                        time.monotonic() - started, path)
+            return OnnxClassifier(session, classifier, path)
+    elif path.exists():
+        logger.warning('cached ONNX graph %s is not used: %s; exporting it again', path,
+                       problem)
+    export_graph(classifier, path, key)
+    return OnnxClassifier(open_session(path), classifier, path)
