@@ -243,7 +243,7 @@ def bench_persons(cfg: PersonsConfig, pipeline=None) -> dict:
 
 
 def format_table(out: dict) -> str:
-    """A plain-text table of the results: one row per (faces, variant)."""
+    """Return a plain-text table of the results: one row per (faces, variant)."""
     rows = [f"{'faces':>5}  {'variant':<12}{'answers/s':>10}{'refresh Hz':>16}"
             f"{'frame ms':>14}{'new face ms (frames late, obs)':>34}"]
     for key, entry in out['results'].items():
