@@ -21,8 +21,10 @@ Every command but ``export`` reads data: its data roots are checked (they exist,
 least one is set) before anything is imported, built or downloaded. The user's errors
 (configuration and data errors, backbone weights that cannot be had, a checkpoint that
 does not fit, a run that cannot be resumed with these settings) print one
-``error: ...`` line and exit with status 2; anything else is a bug and keeps its
-traceback.
+``error: ...`` line and exit with status 2; a training stopped by SIGTERM or SIGINT
+(checkpoints/last saved) logs "interrupted at step N ... rerun the same command to
+resume" and exits with 128 + the signal's number (143, 130); anything else is a bug and
+keeps its traceback.
 """
 
 from __future__ import annotations
@@ -251,9 +253,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         call_args: List = [cfg]
         if command.needs_checkpoint:
             checkpoint = Path(args.checkpoint)
-            if not checkpoint.is_dir():
-                raise ConfigError(f'--checkpoint {checkpoint} is not a directory')
-            from soft_biometrics_ros.models.checkpoint import read_manifest
+            from soft_biometrics_ros.models.checkpoint import folder_problem, read_manifest
+            problem = folder_problem(checkpoint)
+            if problem:
+                raise ConfigError(f'--checkpoint {checkpoint} {problem}')
             read_manifest(checkpoint)  # no checkpoint: fail before any data is read
             call_args.append(str(checkpoint))
         if command.takes_output:
@@ -263,6 +266,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             check_method(cfg)
         function(*call_args, **({'onnx': True} if args.onnx else {}))
     except Exception as error:
+        status = getattr(error, 'exit_status', None)
+        if isinstance(status, int) and status > 2:  # training.trainer.TrainingInterrupted
+            LOGGER.warning('%s', error)
+            return status
         if not isinstance(error, user_error_types()):
             raise
         print(f'error: {error}', file=sys.stderr)

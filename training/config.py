@@ -643,7 +643,25 @@ def make_config(data: Optional[Mapping] = None, overrides: Sequence[str] = (),
     if tree['output_dir'] is None:
         stem = Path(source).stem if source else 'default'
         tree['output_dir'] = str(Path('runs') / stem)
+    _check_together(tree)
     return Config(tree, source=source)
+
+
+def _check_together(tree: dict) -> None:
+    """Check what single keys cannot: the split fractions' sum, output_dir on disk."""
+    val, test = _get(tree, 'data.val_fraction'), _get(tree, 'data.test_fraction')
+    if val + test >= 1.0:
+        raise ConfigError(
+            f'data.val_fraction + data.test_fraction must be < 1 (the rest is the training '
+            f'set), got {val:g} + {test:g} = {val + test:g}')
+    output = Path(tree['output_dir']).expanduser()
+    for folder in (output, *output.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                what = 'is' if folder == output else f'lies in {folder}, which is'
+                raise ConfigError(f'output_dir {output} {what} a file, not a folder: pass a '
+                                  'folder (it is created when missing)')
+            break
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:

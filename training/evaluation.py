@@ -88,8 +88,11 @@ def predict_dataset(model: nn.Module, dataset: Dataset, batch_size: int = 64,
     was_training = model.training
     model.eval()
     rows = []
+    load_failures = 0
     try:
         for batch in tqdm(loader, desc=desc, unit='batch', disable=not progress, leave=False):
+            if 'load_failures' in batch:
+                load_failures += int(batch['load_failures'].sum())
             images = batch['image'].to(device, non_blocking=True)
             with autocast:
                 logits = model(images)
@@ -105,7 +108,7 @@ def predict_dataset(model: nn.Module, dataset: Dataset, batch_size: int = 64,
     table = _gather_rows(table, context, device)
     table = table[np.argsort(table[:, 0], kind='stable')]
     out = {'index': table[:, 0].astype(np.int64), 'age_years': table[:, 1],
-           'targets': {}, 'logits': {}, 'probabilities': {}}
+           'targets': {}, 'logits': {}, 'probabilities': {}, 'load_failures': load_failures}
     column = 2 + len(labels.TASKS)
     for i, task in enumerate(labels.TASKS):
         out['targets'][task] = table[:, 2 + i].astype(np.int64)
@@ -132,6 +135,7 @@ def evaluate_dataset(model: nn.Module, dataset: Dataset, batch_size: int = 64,
                                   compute_dtype, context, progress, desc)
     result = {
         'count': int(len(predictions['index'])),
+        'load_failures': predictions['load_failures'],  # images replaced (this process)
         'metrics': metrics.compute_metrics(predictions['targets'],
                                            predictions['probabilities'],
                                            predictions['age_years']),

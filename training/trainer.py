@@ -21,7 +21,10 @@ Resume: checkpoints/last/ also holds the training state (optimizer, scheduler, l
 balancer, grad scaler, step, epoch, position in the epoch's sampler sequence, RNG
 states of every rank). With `train.resume` (default) a run whose output_dir has a last
 checkpoint continues from it, so an interrupted run loses at most the steps since the
-last save (`train.save_every`; SIGTERM/SIGINT save before exiting). Checkpoints are
+last save (`train.save_every`; SIGTERM/SIGINT save before exiting, and `run` then
+raises TrainingInterrupted: the command line exits 128 + the signal, 143 / 130, not 0).
+A damaged last checkpoint (any file of it) is a ResumeError naming the file; the
+weights' sha256 is checked against the manifest as when the node loads it. Checkpoints are
 written to a temporary folder and renamed into place, so a kill during a save leaves
 the previous one intact. With deterministic data loading (data.num_workers=0) a
 resumed run reaches the same weights as an uninterrupted one.
@@ -73,6 +76,28 @@ STATE_FORMAT = 1
 
 class ResumeError(ConfigError):
     """output_dir's last checkpoint cannot be resumed with these settings (says what to do)."""
+
+
+# Exit status of a run stopped by a signal, the shell's convention: 128 + the signal's
+# number (SIGINT 130, SIGTERM 143), so `train && export` does not go on.
+def interrupted_status(signum: int) -> int:
+    """Return the exit status of a run stopped by signal `signum` (128 + signum)."""
+    return 128 + int(signum)
+
+
+class TrainingInterrupted(Exception):
+    """A run stopped by SIGTERM/SIGINT after saving checkpoints/last (not finished).
+
+    `exit_status` is what the command line exits with (interrupted_status).
+    """
+
+    def __init__(self, signum: int, step: int):
+        super().__init__(f'interrupted at step {step}; rerun the same command to resume '
+                         f'(stopped by {signal.Signals(signum).name} after saving '
+                         'checkpoints/last)')
+        self.signum = signum
+        self.step = step
+        self.exit_status = interrupted_status(signum)
 
 
 # --------------------------------------------------------------------------- small parts
@@ -229,6 +254,9 @@ class Progress:
     best_step: Optional[int] = None
     last_eval_step: Optional[int] = None
     history: List[dict] = field(default_factory=list)
+    # Images that failed to load (each replaced by the next loadable sample).
+    train_load_failures: int = 0
+    val_load_failures: int = 0
 
 
 # --------------------------------------------------------------------------- the trainer
@@ -278,6 +306,11 @@ class Trainer:
         self.writer = None
         self.train_log: Optional[CsvLog] = None
         self.val_log: Optional[CsvLog] = None
+
+    @property
+    def stop_signal(self) -> Optional[int]:
+        """The signal (SIGTERM, SIGINT) that stopped the run, or None."""
+        return self._stop_signal
 
     # ----------------------------------------------------------------- building
     def _build_model(self) -> nn.Module:
@@ -432,9 +465,48 @@ class Trainer:
         self.ctx.barrier()
         return final
 
+    def _damaged(self, directory: Path, path: Path, problem: str) -> ResumeError:
+        """Return the error for a damaged file of checkpoints/last, with the ways out."""
+        best = self.checkpoint_dir / 'best'
+        way_out = 'set train.resume=false to start this run over (it replaces the damaged one)'
+        if (best / 'manifest.json').is_file():
+            way_out = (f'{best} is intact: evaluate or export it as it is, or ' + way_out)
+        return ResumeError(f'cannot resume from {directory}: {path} is damaged ({problem}); '
+                           f'{way_out}, or use another output_dir')
+
+    def _read_state(self, directory: Path, name: str, reader):
+        """Read one file of the training state; any failure is a ResumeError naming it."""
+        path = directory / name
+        try:
+            return reader(path)
+        except ResumeError:
+            raise
+        except Exception as error:  # noqa: BLE001 - JSON, torch and pickle raise many kinds
+            raise self._damaged(directory, path, f'{type(error).__name__}: {error}'[:300]) \
+                from None
+
     def load_state(self, directory: Path) -> None:
-        """Restore model, optimizer, scheduler, balancer, scaler, counters and RNG."""
-        info = json.loads((directory / STATE_JSON).read_text())
+        """Restore model, optimizer, scheduler, balancer, scaler, counters and RNG.
+
+        Every file is checked before anything is restored: a damaged one (unreadable
+        JSON, missing keys, a tensor file that is not weights-only, weights whose
+        sha256 differs from the manifest's) is a ResumeError naming the file and the way
+        out. The tensor files are read with torch.load(weights_only=True): a pickle
+        that would run code is refused, never executed.
+        """
+        def read_info(path):
+            info = json.loads(path.read_text())
+            if not isinstance(info, dict):
+                raise ValueError(f'not a JSON object but {type(info).__name__}')
+            missing = [k for k in ('format', 'progress', 'scheduler') if k not in info]
+            if missing:
+                raise KeyError(f'lacks {", ".join(missing)}')
+            if not isinstance(info['progress'], dict) or \
+                    not isinstance(info['scheduler'], dict):
+                raise ValueError('progress and scheduler must be JSON objects')
+            return info
+
+        info = self._read_state(directory, STATE_JSON, read_info)
         if info.get('format') != STATE_FORMAT:
             raise ResumeError(f'{directory}: training state format {info.get("format")} is '
                               f'not {STATE_FORMAT}; start a new output_dir or set '
@@ -451,37 +523,73 @@ class Trainer:
                 f'cannot resume from {directory}: it was trained with '
                 f'{"; ".join(mismatches)}. Use the same settings, another output_dir, or '
                 f'train.resume=false to start over')
-        tensors = torch.load(directory / STATE_TENSORS, map_location='cpu', weights_only=True)
-        self._load_trained_weights(directory)
-        self.optimizer.load_state_dict(tensors['optimizer'])
-        self.criterion.balancer.load_state_dict(tensors['loss_balancer'])
-        self.scaler.load_state_dict(tensors['grad_scaler'])
-        self.scheduler.load_state_dict(info['scheduler'])
-        self.progress = Progress(**info['progress'])
+
+        def read_tensors(path):
+            tensors = torch.load(path, map_location='cpu', weights_only=True)
+            if not isinstance(tensors, dict):
+                raise ValueError(f'not a mapping but {type(tensors).__name__}')
+            missing = [k for k in ('optimizer', 'loss_balancer', 'grad_scaler')
+                       if k not in tensors]
+            if missing:
+                raise KeyError(f'lacks {", ".join(missing)}')
+            return tensors
+
+        tensors = self._read_state(directory, STATE_TENSORS, read_tensors)
+        progress = self._read_state(directory, STATE_JSON, lambda _: Progress(**info['progress']))
         rng_file = directory / RNG_FILE.format(rank=self.ctx.rank)
+        rng = None
         if rng_file.is_file():
-            _set_rng_state(torch.load(rng_file, map_location='cpu', weights_only=True))
+            rng = self._read_state(directory, rng_file.name, lambda path: torch.load(
+                path, map_location='cpu', weights_only=True))
+        stored = self._read_trained_weights(directory)
+        # Everything read: restore. A state that does not fit these objects (shapes,
+        # parameter groups) is damaged too; the model is rebuilt by a new run anyway.
+        self._read_state(directory, STATE_TENSORS, lambda _: (
+            self.optimizer.load_state_dict(tensors['optimizer']),
+            self.criterion.balancer.load_state_dict(tensors['loss_balancer']),
+            self.scaler.load_state_dict(tensors['grad_scaler'])))
+        self._read_state(directory, STATE_JSON,
+                         lambda _: self.scheduler.load_state_dict(info['scheduler']))
+        with torch.no_grad():
+            for name, param in self.model.named_parameters():
+                if param.requires_grad:
+                    param.copy_(stored[name])
+        self.progress = progress
+        if rng is not None:
+            self._read_state(directory, rng_file.name, lambda _: _set_rng_state(rng))
         if self.ctx.is_main:
             LOGGER.info('resumed from %s at step %d (epoch %d, %d batches into it)',
                         directory, self.progress.step, self.progress.epoch,
                         self.progress.epoch_batches)
 
-    def _load_trained_weights(self, directory: Path) -> None:
-        """Copy the trainable tensors of the checkpoint in `directory` into the model."""
-        from safetensors.torch import load_file
+    def _read_trained_weights(self, directory: Path) -> Dict[str, torch.Tensor]:
+        """Return the trainable tensors of the checkpoint in `directory`, checked.
 
-        from soft_biometrics_ros.models.checkpoint import read_manifest
-        manifest = read_manifest(directory)
-        stored = load_file(str(directory / manifest['weights']['file']), device='cpu')
+        The manifest is validated and the weights' sha256 compared with it (as the node's
+        loader does); the tensors must cover every trainable parameter with its shape.
+        """
+        from soft_biometrics_ros.models.checkpoint import (MANIFEST_FILE, CheckpointError,
+                                                           read_manifest, read_weights)
+        try:
+            manifest = read_manifest(directory)
+            stored = read_weights(directory, manifest)
+        except CheckpointError as error:
+            raise self._damaged(directory, directory / MANIFEST_FILE
+                                if 'manifest' in str(error) else
+                                directory / 'weights.safetensors', str(error)) from None
         trainable = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
         missing = sorted(set(trainable) - set(stored))
         if missing:
             raise ResumeError(f'cannot resume from {directory}: its weights lack '
                               f'{len(missing)} trained tensors ({", ".join(missing[:3])}); '
                               'use another output_dir or train.resume=false to start over')
-        with torch.no_grad():
-            for name, param in trainable.items():
-                param.copy_(stored[name])
+        wrong = [n for n, p in trainable.items() if tuple(stored[n].shape) != tuple(p.shape)]
+        if wrong:
+            raise ResumeError(f'cannot resume from {directory}: tensor {wrong[0]} has shape '
+                              f'{tuple(stored[wrong[0]].shape)}, the model '
+                              f'{tuple(trainable[wrong[0]].shape)}; use another output_dir or '
+                              'train.resume=false to start over')
+        return stored
 
     def maybe_resume(self) -> bool:
         """Resume from checkpoints/last when train.resume is on and one exists."""
@@ -544,6 +652,8 @@ class Trainer:
             pending += 1
             last_of_epoch = micro >= self.micro_batches_per_epoch
             boundary = pending == accum or last_of_epoch
+            if 'load_failures' in batch:
+                self.progress.train_load_failures += int(batch['load_failures'].sum())
             images, targets = self._to_device(batch)
             sync = contextlib.nullcontext() if boundary or not self.ctx.enabled \
                 else self.ddp_model.no_sync()
@@ -676,6 +786,7 @@ class Trainer:
         self.progress.last_eval_step = self.progress.step
         if result is None:
             return None
+        self.progress.val_load_failures += int(result.get('load_failures') or 0)
         score = result['score']
         improved = score is not None and (self.progress.best_score is None
                                           or score > self.progress.best_score)
@@ -732,8 +843,18 @@ class Trainer:
             'last_checkpoint': str(self.checkpoint_dir / 'last'),
             'parameters': trainable_parameter_report(self.model),
             'world_size': self.ctx.world_size, 'device': str(self.device),
+            'image_load_failures': self._load_failures(),
             'history': self.progress.history,
         }
+
+    def _load_failures(self) -> Dict[str, int]:
+        """Return {'train': n, 'val': n}: images that failed to load, summed over ranks."""
+        counts = [self.progress.train_load_failures, self.progress.val_load_failures]
+        if self.ctx.enabled:
+            total = self.ctx.all_reduce_sum(torch.tensor(counts, dtype=torch.float64,
+                                                         device=self.device))
+            counts = [int(v) for v in total.tolist()]
+        return {'train': counts[0], 'val': counts[1]}
 
 
 def _fmt(value) -> str:
@@ -756,6 +877,8 @@ def run(cfg) -> dict:
         summary = trainer.fit()
     finally:
         trainer.ctx.close()
+    if trainer.stop_signal is not None and summary['interrupted']:
+        raise TrainingInterrupted(trainer.stop_signal, summary['step'])
     if trainer.ctx.is_main:
         LOGGER.info('finished at step %d; best val score %s at step %s; checkpoints in %s',
                     summary['step'], _fmt(summary['best_score']), summary['best_step'],
@@ -763,6 +886,7 @@ def run(cfg) -> dict:
     return summary
 
 
-__all__ = ['Trainer', 'ResumeError', 'run', 'warmup_cosine', 'SkipSampler',
+__all__ = ['Trainer', 'ResumeError', 'TrainingInterrupted', 'interrupted_status', 'run',
+           'warmup_cosine', 'SkipSampler',
            'save_model_checkpoint', 'shared_parameters', 'trainable_parameter_report',
            'find_resumable', 'Progress']

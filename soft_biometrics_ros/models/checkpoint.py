@@ -110,8 +110,8 @@ def save_checkpoint(model, directory: Union[str, Path], training: Optional[dict]
         shutil.rmtree(staging)
     staging.mkdir()
     try:
-        weights_path = staging / WEIGHTS_FILE
-        save_file(tensors, str(weights_path), metadata={'format': FORMAT_NAME})
+        weights_file = staging / WEIGHTS_FILE
+        save_file(tensors, str(weights_file), metadata={'format': FORMAT_NAME})
         method = None
         if model.method_name is not None:
             method = {'name': model.method_name, 'config': config_to_dict(model.method_config),
@@ -131,7 +131,7 @@ def save_checkpoint(model, directory: Union[str, Path], training: Optional[dict]
             'heads': model.head_config.to_dict(),
             'label_schema': labels.schema_dict(),
             'parameters': model.parameter_summary(),
-            'weights': {'file': WEIGHTS_FILE, 'sha256': sha256_file(weights_path),
+            'weights': {'file': WEIGHTS_FILE, 'sha256': sha256_file(weights_file),
                         'tensors': len(tensors)},
             'versions': _versions(),
             'training': training or {},
@@ -164,8 +164,13 @@ def folder_problem(path: Path) -> Optional[str]:
     if not path.exists():
         return 'does not exist'
     kind = 'file' if path.is_file() else 'special file'
+    hint = ''
+    if path.name in (MANIFEST_FILE, WEIGHTS_FILE) and (path.parent / MANIFEST_FILE).is_file():
+        hint = f'; pass the checkpoint folder {path.parent}'
+    elif path.suffix in ('.safetensors', '.pt', '.pth', '.bin'):
+        hint = ' (a weights file goes to pretrained / --pretrained)'
     return (f'is a {kind}, not a folder: a checkpoint is a folder holding {MANIFEST_FILE} '
-            f'and {WEIGHTS_FILE}')
+            f'and {WEIGHTS_FILE}{hint}')
 
 
 def _not_a_checkpoint(directory: Path) -> CheckpointError:
@@ -179,6 +184,106 @@ def _not_a_checkpoint(directory: Path) -> CheckpointError:
         hint = (f'; it holds the checkpoint {inner[0]}: pass that folder'
                 + (f' (or {", ".join(str(p) for p in inner[1:])})' if inner[1:] else ''))
     return CheckpointError(f'{directory} is not a checkpoint: {MANIFEST_FILE} is missing{hint}')
+
+
+def _is_dict(value) -> bool:
+    return isinstance(value, dict)
+
+
+def _is_str(value) -> bool:
+    return isinstance(value, str)
+
+
+def _is_bool(value) -> bool:
+    return isinstance(value, bool)
+
+
+def _is_count(low: int):
+    def check(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= low
+    return check
+
+
+def _is_sha256(value) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(
+        c in '0123456789abcdef' for c in value)
+
+
+# field -> (test, what it must be); every field load_checkpoint and the tools read.
+_FIELD_RULES = {
+    'backbone': (lambda v: _is_str(v) and bool(v.strip()), 'a backbone name (a string)'),
+    'input_size': (_is_count(1), 'an integer >= 1 (pixels)'),
+    'embed_dim': (_is_count(1), 'an integer >= 1'),
+    'pretrained': (_is_str, 'a string (the weights source)'),
+    'backbone_fingerprint': (_is_str, 'a string'),
+    'backbone_stored': (_is_bool, 'true or false'),
+    'method': (lambda v: v is None or _is_dict(v), 'null or an object {name, config, merged}'),
+    'heads': (_is_dict, 'an object (the head config)'),
+    'label_schema': (_is_dict, 'an object (the label schema)'),
+    'weights': (_is_dict, 'an object {file, sha256, tensors}'),
+    'preprocess': (_is_dict, 'an object'),
+    'training': (_is_dict, 'an object'),
+    'versions': (_is_dict, 'an object'),
+    'parameters': (_is_dict, 'an object'),
+}
+
+
+def manifest_problems(manifest: dict) -> list:
+    """Return what is wrong with a manifest's fields (types, ranges, method, heads), or [].
+
+    Every field a reader uses is checked here, once, so a hand-edited or damaged manifest
+    is refused with the field named instead of failing somewhere in the model build.
+    """
+    problems = []
+    for key, (test, what) in _FIELD_RULES.items():
+        if key in manifest and not test(manifest[key]):
+            problems.append(f'{key} must be {what}, got {manifest[key]!r:.80}')
+    if problems:
+        return problems
+    weights = manifest['weights']
+    if not _is_str(weights.get('file', WEIGHTS_FILE)) or not weights.get('file', WEIGHTS_FILE):
+        problems.append(f'weights.file must be a file name, got {weights.get("file")!r:.80}')
+    if 'sha256' in weights and not _is_sha256(weights['sha256']):
+        problems.append(f'weights.sha256 must be 64 hexadecimal digits, got '
+                        f'{weights["sha256"]!r:.80}')
+    if 'tensors' in weights and not _is_count(0)(weights['tensors']):
+        problems.append(f'weights.tensors must be an integer >= 0, got {weights["tensors"]!r:.80}')
+    method = manifest['method']
+    if method is not None:
+        from soft_biometrics_ros.models.adapters.registry import method_config
+        if not _is_str(method.get('name')):
+            problems.append(f'method.name must be a method name, got {method.get("name")!r:.80}')
+        elif 'merged' in method and not _is_bool(method['merged']):
+            problems.append(f'method.merged must be true or false, got {method["merged"]!r:.80}')
+        else:
+            try:
+                method_config(method['name'], method.get('config') or None)
+            except (TypeError, ValueError) as error:
+                problems.append(f'method: {error}')
+    try:
+        HeadConfig.from_dict(manifest['heads'])
+    except (TypeError, ValueError) as error:
+        problems.append(f'heads: {error}')
+    return problems
+
+
+def weights_path(directory: Union[str, Path], manifest: dict) -> Path:
+    """Return the weights file a manifest names; it must lie inside `directory`.
+
+    The name is resolved (symbolic links followed) and compared with the resolved
+    checkpoint folder, so `../..` or a link cannot make a checkpoint read (and hash) a
+    file elsewhere.
+    """
+    directory = Path(directory)
+    name = manifest['weights'].get('file', WEIGHTS_FILE)
+    path = directory / name
+    root = directory.resolve()
+    resolved = path.resolve()
+    if root not in resolved.parents:
+        raise CheckpointError(
+            f'checkpoint {directory}: weights.file {name!r} points outside the checkpoint '
+            f'folder (to {resolved}); the weights must be a file inside {directory}')
+    return path
 
 
 def read_manifest(directory: Union[str, Path]) -> dict:
@@ -209,13 +314,21 @@ def read_manifest(directory: Union[str, Path]) -> dict:
         raise CheckpointError(
             f'checkpoint {directory} has format version {manifest["format_version"]}, this '
             f'soft_biometrics_ros reads up to {FORMAT_VERSION}; update the package')
+    problems = manifest_problems(manifest)
+    if problems:
+        raise CheckpointError(f'checkpoint manifest {path} is invalid: {"; ".join(problems)}')
+    weights_path(directory, manifest)  # inside the checkpoint folder, or an error
     return manifest
 
 
-def _read_weights(directory: Path, manifest: dict) -> Dict[str, torch.Tensor]:
+def read_weights(directory: Path, manifest: dict) -> Dict[str, torch.Tensor]:
+    """Return the tensors of checkpoint `directory`, checked against the manifest's sha256.
+
+    The weights file must lie inside the folder (weights_path); CheckpointError otherwise.
+    """
     from safetensors.torch import load_file
 
-    path = directory / manifest['weights'].get('file', WEIGHTS_FILE)
+    path = weights_path(directory, manifest)
     if not path.is_file():
         raise CheckpointError(f'checkpoint {directory} lacks its weights file {path.name}')
     expected = manifest['weights'].get('sha256')
@@ -275,7 +388,7 @@ def load_checkpoint(directory: Union[str, Path], backbone: Optional[str] = None,
                 f'weights come from pretrained {trained_from!r}, but pretrained=none was '
                 f'given. Pass pretrained={trained_from!r} (or a local file of those '
                 f'weights), or export a self-contained checkpoint')
-    weights = _read_weights(directory, manifest)  # corrupt files fail before any build
+    weights = read_weights(directory, manifest)  # corrupt files fail before any build
 
     default_size = preprocess_config(manifest['backbone']).size
     image_size = manifest['input_size'] if manifest['input_size'] != default_size else None

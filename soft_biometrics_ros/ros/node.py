@@ -217,12 +217,20 @@ class SoftBiometricsNode(LifecycleNode):
             return False
         return self.trigger_activate() == TransitionCallbackReturn.SUCCESS
 
-    def _fail(self, message: str) -> TransitionCallbackReturn:
+    def _interrupted(self) -> None:
+        """Raise KeyboardInterrupt when Ctrl-C has shut the context down mid-transition.
+
+        Whatever fails then (publishers on a dead context, a load cut short) is the
+        shutdown, not bad parameters. Ending the transition normally would make rclpy log
+        'Failed to complete transition' (its event cannot be published any more), so the
+        Ctrl-C goes on as what it is: main() ends quietly on it. (A library may have
+        swallowed the original KeyboardInterrupt, e.g. a bare `except:` around an import.)
+        """
         if self.shutting_down():
-            # What fails once Ctrl-C has shut the context down (a library that swallowed
-            # the KeyboardInterrupt, publishers on a dead context) is the shutdown.
-            self._error = 'shut down during the transition'
-            return TransitionCallbackReturn.FAILURE
+            raise KeyboardInterrupt('ROS was shut down during a lifecycle transition')
+
+    def _fail(self, message: str) -> TransitionCallbackReturn:
+        self._interrupted()
         self._error = message
         self.get_logger().error(message)
         return TransitionCallbackReturn.FAILURE
@@ -275,8 +283,7 @@ class SoftBiometricsNode(LifecycleNode):
             self._tracker = FaceTracker(
                 settings_from(values, TrackerConfig, id_prefix=self._id_prefix),
                 enabled=bool(values['tracking']), ids=self._face_ids)
-        if self.shutting_down():
-            return self._fail('configure interrupted')
+        self._interrupted()
         self._faces_pub = self.create_lifecycle_publisher(FaceAttributesArray, '~/faces', 10)
         self._debug_pub = self.create_lifecycle_publisher(
             Image, '~/debug_image',

@@ -307,3 +307,76 @@ def test_a_folder_holding_a_checkpoint_is_refused_with_its_path(lora_checkpoint,
     with pytest.raises(CheckpointError) as error:
         read_manifest(empty)
     assert str(error.value) == f'{empty} is not a checkpoint: manifest.json is missing'
+
+
+@pytest.mark.parametrize('key, value, expected', [
+    ('weights', 'weights.safetensors', 'weights must be an object'),
+    ('weights', {'file': 7}, 'weights.file must be a file name'),
+    ('weights', {'file': WEIGHTS_FILE, 'sha256': 'abc'}, 'weights.sha256 must be 64'),
+    ('method', 'lora', 'method must be null or an object'),
+    ('method', {'name': 3}, 'method.name must be a method name'),
+    ('method', {'name': 'no_such', 'config': {}}, "unknown adaptation method 'no_such'"),
+    ('method', {'name': 'lora', 'config': {'rank': 'x'}}, 'method:'),
+    ('method', {'name': 'lora', 'config': [1]}, 'config of method'),
+    ('method', {'name': 'lora', 'merged': 'yes'}, 'method.merged must be true or false'),
+    ('input_size', -384, 'input_size must be an integer >= 1'),
+    ('input_size', True, 'input_size must be an integer >= 1'),
+    ('input_size', '384', 'input_size must be an integer >= 1'),
+    ('backbone', ['PE-Core-T-16-384'], 'backbone must be a backbone name'),
+    ('backbone_stored', 'false', 'backbone_stored must be true or false'),
+    ('heads', [], 'heads must be an object'),
+    ('heads', {'hidden_dim': -1}, 'heads: heads.hidden_dim'),
+    ('label_schema', 'v1', 'label_schema must be an object'),
+    ('pretrained', None, 'pretrained must be a string'),
+    ('training', 'x', 'training must be an object'),
+])
+def test_manifest_fields_of_the_wrong_type_or_range_are_named(lora_checkpoint, tmp_path, key,
+                                                              value, expected):
+    # These gave tracebacks (TypeError, AttributeError) in every tool before.
+    directory = copy_checkpoint(lora_checkpoint[0], tmp_path / 'bad')
+    edit_manifest(directory, lambda m: m.__setitem__(key, value))
+    with pytest.raises(CheckpointError, match='is invalid: ') as error:
+        load_checkpoint(directory)
+    assert expected in str(error.value)
+    assert str(directory / MANIFEST_FILE) in str(error.value)
+
+
+def test_weights_must_come_from_inside_the_checkpoint(lora_checkpoint, tmp_path, monkeypatch):
+    from soft_biometrics_ros.models import checkpoint as checkpoint_module
+    hashed = []
+    real_hash = checkpoint_module.sha256_file
+    monkeypatch.setattr(checkpoint_module, 'sha256_file',
+                        lambda path: hashed.append(path) or real_hash(path))
+    outside = tmp_path / 'elsewhere.safetensors'
+    outside.write_bytes((lora_checkpoint[0] / WEIGHTS_FILE).read_bytes())
+    (tmp_path / 'a').mkdir()
+    escaping = copy_checkpoint(lora_checkpoint[0], tmp_path / 'a' / 'b')  # a/b/../../ = tmp
+    for name in ('../../elsewhere.safetensors', str(outside)):
+        edit_manifest(escaping, lambda m: m['weights'].__setitem__('file', name))
+        with pytest.raises(CheckpointError, match='points outside the checkpoint folder'):
+            load_checkpoint(escaping)
+    # A link inside the folder to a file elsewhere is followed to where it points, too.
+    linked = copy_checkpoint(lora_checkpoint[0], tmp_path / 'linked')
+    (linked / WEIGHTS_FILE).unlink()
+    (linked / WEIGHTS_FILE).symlink_to(outside)
+    with pytest.raises(CheckpointError, match='points outside the checkpoint folder'):
+        load_checkpoint(linked)
+    assert hashed == []  # nothing outside was read or hashed
+    # A checkpoint folder that is itself a link is fine: its files are inside it.
+    (tmp_path / 'alias').symlink_to(lora_checkpoint[0])
+    assert read_manifest(tmp_path / 'alias')['backbone'] == NAME
+
+
+def test_a_file_given_as_checkpoint_says_what_it_is_and_what_is_expected(lora_checkpoint,
+                                                                         tmp_path):
+    weights = tmp_path / 'model.safetensors'
+    weights.write_bytes(b'x')
+    with pytest.raises(CheckpointError) as error:
+        read_manifest(weights)
+    message = str(error.value)
+    assert 'is a file, not a folder' in message and 'does not exist' not in message
+    assert 'a checkpoint is a folder holding manifest.json and weights.safetensors' in message
+    assert 'pretrained' in message  # where a weights file goes
+    with pytest.raises(CheckpointError, match=f'pass the checkpoint folder '
+                                              f'{lora_checkpoint[0]}'):
+        read_manifest(lora_checkpoint[0] / MANIFEST_FILE)

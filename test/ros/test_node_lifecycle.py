@@ -78,6 +78,37 @@ def test_unloadable_checkpoint_fails_configure_cleanly(graph, broken_checkpoint)
     assert not result.successful and 'is not a directory' in result.reason
 
 
+def test_a_manifest_with_fields_of_the_wrong_type_or_outside_paths_fails_configure_clearly(
+        graph, checkpoint, tmp_path):
+    client, process, log_path = graph
+    outside = tmp_path / 'outside.safetensors'
+    outside.write_bytes((checkpoint / 'weights.safetensors').read_bytes())
+    cases = {'weights': ('weights', 'weights.safetensors', 'weights must be an object'),
+             'method': ('method', 'lora', 'method must be null or an object'),
+             'input_size': ('input_size', -384, 'input_size must be an integer >= 1'),
+             'escape': ('weights', {'file': f'../../{outside.name}'}, 'points outside')}
+    for name, (key, value, expected) in cases.items():
+        bad = tmp_path / name
+        bad.mkdir()
+        (bad / 'weights.safetensors').write_bytes((checkpoint / 'weights.safetensors')
+                                                  .read_bytes())
+        manifest = json.loads((checkpoint / 'manifest.json').read_text())
+        manifest[key] = value
+        if name == 'escape':  # ../../outside.safetensors from tmp_path/escape/x -> tmp_path
+            (bad / 'x').mkdir()
+            bad = bad / 'x'
+            (bad / 'weights.safetensors').write_bytes(b'')
+        (bad / 'manifest.json').write_text(json.dumps(manifest))
+        (result,) = client.set_parameters(checkpoint=str(bad))
+        assert result.successful
+        assert client.change_state('configure') is False
+        assert process.poll() is None
+        status = client.latest_diagnostics(after=time.monotonic(), timeout=5)
+        assert expected in status.message, (name, status.message)
+        for raw in ('TypeError', 'AttributeError', 'KeyError', 'CheckpointError'):
+            assert raw not in status.message, (name, status.message)
+
+
 def test_configure_and_activate_after_fixing_the_parameter(graph, checkpoint):
     client, _, log_path = graph
     (result,) = client.set_parameters(checkpoint=str(checkpoint))

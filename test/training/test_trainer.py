@@ -280,10 +280,17 @@ def test_killed_and_terminated_runs_resume_to_the_same_weights(base, tmp_path, u
     wait_for_step(last / 'training_state.json', 4, process)
     process.send_signal(signal.SIGTERM)
     output, _ = process.communicate(timeout=120)
-    assert process.returncode == 0, output
     summary = json.loads((tmp_path / 'train_summary.json').read_text())
     if summary['step'] < 6:  # stopped by the signal, not finished before it arrived
         assert summary['interrupted'] and summary['resumed']
+        # Not "finished": a non-zero status (128 + SIGTERM), so `train && export` stops.
+        assert process.returncode == trainer_module.interrupted_status(signal.SIGTERM) == 143, \
+            output
+        assert f'interrupted at step {summary["step"]}; rerun the same command to resume' \
+            in output
+        assert 'finished at step' not in output
+    else:
+        assert process.returncode == 0, output
     # 3. Finish in this process.
     run = trainer_module.Trainer(tiny_config(base, tmp_path, 'lora', RESUME_EXTRA),
                                  progress_bar=False)
@@ -367,3 +374,35 @@ def test_cuda_autocast_run_trains_and_saves(base, tmp_path, precision):
                                    pretrained=None, device='cuda', precision=precision)
     probs = classifier.predict_proba(torch.zeros(2, 3, IMAGE_SIZE, IMAGE_SIZE, device='cuda'))
     assert all(torch.isfinite(p).all() for p in probs.values())
+
+
+def test_images_that_fail_to_load_are_counted_in_the_summary(base, tmp_path):
+    # Damaged JPEGs (a quarter + end marker: OpenCV and PIL decode them to grey) pass the
+    # header check when the data is read and fail when loaded; each is replaced by the
+    # next sample and counted in train_summary.json, not only in warning lines.
+    import shutil
+
+    roots = tiny_data(base)
+    damaged = 0
+    copies = {}
+    for key, root in roots.items():
+        copy = tmp_path / 'data' / key.split('.')[1]
+        shutil.copytree(root, copy)
+        copies[key] = str(copy)
+        for index, path in enumerate(sorted(copy.rglob('*.jpg'))):
+            data = path.read_bytes()
+            if index % 2 == 0 and data[:2] == b'\xff\xd8' and len(data) > 400:
+                path.write_bytes(data[:len(data) // 4] + b'\xff\xd9')
+                damaged += 1
+    assert damaged >= 4
+    overrides = [o for o in tiny_overrides(base, tmp_path / 'run', 'linear_probe',
+                                           ['train.max_steps=2'])
+                 if not o.startswith(tuple(roots))]
+    overrides += [f'{key}={value}' for key, value in copies.items()]
+    from training.config import load_config
+    from training_helpers import TINY_CONFIG
+    summary = trainer_module.run(load_config(TINY_CONFIG, overrides))
+    written = json.loads((tmp_path / 'run' / 'train_summary.json').read_text())
+    assert written['image_load_failures'] == summary['image_load_failures']
+    assert written['image_load_failures']['train'] >= 1
+    assert set(written['image_load_failures']) == {'train', 'val'}

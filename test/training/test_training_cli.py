@@ -183,3 +183,104 @@ def test_export_refusals_are_one_error_line(tmp_path, capsys):
                        str(tmp_path / 'out')])
     assert status == 2
     assert 'error:' in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- hardening
+
+def test_output_dir_that_is_a_file_is_a_config_error(base, tmp_path, capsys):
+    afile = tmp_path / 'runs.txt'
+    afile.write_text('not a folder')
+    for output in (afile, afile / 'lora'):
+        status = cli.main(['train', '--config', str(TINY),
+                           *tiny_overrides(base, output)])
+        assert status == 2
+        err = error_line(capsys.readouterr().err)
+        assert err.startswith(f'error: output_dir {output} ') and 'a file, not a folder' in err
+
+
+@pytest.mark.parametrize('val, test', [(0.5, 0.5), (0.7, 0.4), (0.6, 0.4)])
+def test_split_fractions_that_leave_no_training_set_are_a_config_error(val, test, capsys):
+    status = cli.main(['stats', '--config', str(TINY), '--print-config',
+                       f'data.val_fraction={val}', f'data.test_fraction={test}'])
+    assert status == 2
+    err = error_line(capsys.readouterr().err)
+    assert 'data.val_fraction + data.test_fraction must be < 1' in err
+    assert cli.main(['stats', '--config', str(TINY), '--print-config',
+                     'data.val_fraction=0.5', 'data.test_fraction=0.49']) == 0
+
+
+@pytest.mark.parametrize('what', ['evaluate', 'export'])
+def test_a_file_or_a_bad_manifest_as_checkpoint_is_one_error_line(what, base, tmp_path, capsys):
+    import json
+    weights = tmp_path / 'model.safetensors'
+    weights.write_bytes(b'x')
+    extra = ['--output', str(tmp_path / 'out')] if what == 'export' else []
+    overrides = tiny_overrides(base, tmp_path / 'o')
+    assert cli.main([what, '--config', str(TINY), '--checkpoint', str(weights), *extra,
+                     *overrides]) == 2
+    err = error_line(capsys.readouterr().err)
+    assert 'is a file, not a folder: a checkpoint is a folder holding manifest.json' in err
+    assert 'does not exist' not in err
+    bad = tmp_path / 'bad'
+    shutil.copytree(trained_run(base, 'linear_probe') / 'checkpoints' / 'best', bad)
+    capsys.readouterr()
+    manifest = json.loads((bad / 'manifest.json').read_text())
+    manifest['weights'] = 'weights.safetensors'
+    (bad / 'manifest.json').write_text(json.dumps(manifest))
+    assert cli.main([what, '--config', str(TINY), '--checkpoint', str(bad), *extra,
+                     *overrides]) == 2
+    assert 'weights must be an object' in error_line(capsys.readouterr().err)
+
+
+def pickle_that_runs_code(marker):
+    """Bytes of a pickle that, when unpickled, creates `marker` (it must never run)."""
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), 'w'))
+    return pickle.dumps(Payload())
+
+
+def damage(last, how, marker):
+    """Damage checkpoints/last in one of the ways a crash, a disk or a person can."""
+    import torch
+    if how == 'pickle_state':
+        (last / 'training_state.pt').write_bytes(pickle_that_runs_code(marker))
+    elif how == 'garbage_state':
+        (last / 'training_state.pt').write_bytes(b'\x00garbage' * 100)
+    elif how == 'keys_state':
+        torch.save({'optimizer': {}}, last / 'training_state.pt')
+    elif how == 'bad_json':
+        (last / 'training_state.json').write_text('{"format": 1, "progress": ')
+    elif how == 'keys_json':
+        (last / 'training_state.json').write_text('{"format": 1}')
+    elif how == 'truncated_weights':
+        data = (last / 'weights.safetensors').read_bytes()
+        (last / 'weights.safetensors').write_bytes(data[:len(data) // 2])
+    elif how == 'pickle_rng':
+        (last / 'rng_rank0.pt').write_bytes(pickle_that_runs_code(marker))
+    return {'pickle_state': 'training_state.pt', 'garbage_state': 'training_state.pt',
+            'keys_state': 'training_state.pt', 'bad_json': 'training_state.json',
+            'keys_json': 'training_state.json', 'truncated_weights': 'weights',
+            'pickle_rng': 'rng_rank0.pt'}[how]
+
+
+@pytest.mark.parametrize('how', ['pickle_state', 'garbage_state', 'keys_state', 'bad_json',
+                                 'keys_json', 'truncated_weights', 'pickle_rng'])
+def test_a_damaged_last_checkpoint_is_one_error_line_naming_the_file(how, base, tmp_path,
+                                                                     capsys):
+    run_dir = trained_run(base, 'linear_probe')
+    shutil.copytree(run_dir / 'checkpoints', tmp_path / 'checkpoints')
+    last = tmp_path / 'checkpoints' / 'last'
+    marker = tmp_path / 'UNPICKLED'
+    named = damage(last, how, marker)
+    capsys.readouterr()
+    status = cli.main(['train', '--config', str(TINY),
+                       *tiny_overrides(base, tmp_path, 'linear_probe', ['train.max_steps=5'])])
+    err = error_line(capsys.readouterr().err)
+    assert status == 2
+    assert not marker.exists(), 'a pickle in the training state was executed'
+    assert err.startswith(f'error: cannot resume from {last}: {last}') and named in err
+    assert 'train.resume=false' in err and f'{tmp_path / "checkpoints" / "best"} is intact' \
+        in err

@@ -17,8 +17,9 @@ An item is a dict::
 
 which torch's default collate batches into (N, ...) tensors per key. An image that
 fails to load (e.g. truncated after its header) is replaced by the next loadable
-sample, with a warning and a count in ``load_failures`` (per worker process): one
-bad file never stops training.
+sample, with a warning and a count in ``load_failures`` (per worker process), and
+the item carries ``load_failures`` (int64 tensor (): images that failed before it),
+which training sums into train_summary.json: one bad file never stops training.
 """
 
 from __future__ import annotations
@@ -105,7 +106,11 @@ class CombinedDataset(Dataset):
                                '(%d load failures in this process)', self.name, sample.path,
                                error, self.load_failures)
                 continue
-            return self._item(position, sample, rgb)
+            item = self._item(position, sample, rgb)
+            # How many images failed before this one was found: the loop sums these (they
+            # come back from DataLoader worker processes too) into train_summary.json.
+            item['load_failures'] = torch.tensor(attempt, dtype=torch.int64)
+            return item
         raise RuntimeError(f'{self.name} set: {MAX_REPLACEMENTS} consecutive images from '
                            f'index {index} could not be loaded; is the data readable?')
 
