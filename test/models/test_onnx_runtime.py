@@ -360,3 +360,24 @@ def test_missing_onnxruntime_is_one_clear_line_and_auto_falls_back(tmp_path):
                                'onnxruntime package is not installed')
     assert 'runtime: torch' in lines[0] and 'Traceback' not in result.stderr
     assert issubclass(OnnxRuntimeUnavailable, ValueError)  # the CLIs' bad-option path
+
+
+def test_predict_cli_runtime_onnxruntime_answers_as_torch(lora_checkpoint, tmp_path, capsys):
+    import cv2
+
+    from soft_biometrics_ros.sample_data import astronaut_bgr
+    from soft_biometrics_ros.tools import predict
+    checkpoint, _ = lora_checkpoint
+    image = tmp_path / 'astronaut.png'
+    cv2.imwrite(str(image), astronaut_bgr())
+    answers = {}
+    for runtime in ('torch', 'onnxruntime'):
+        assert predict.main([str(image), '--checkpoint', str(checkpoint), '--device', 'cpu',
+                             '--runtime', runtime, '--json', '--no-progress']) == 0
+        [line] = capsys.readouterr().out.splitlines()
+        answers[runtime] = json.loads(line)['faces']
+    assert len(answers['torch']) == len(answers['onnxruntime']) >= 1
+    for a, b in zip(answers['torch'], answers['onnxruntime']):
+        for task in labels.TASKS:
+            for name, p in a[task]['probabilities'].items():  # rounded to 4 decimals
+                assert abs(p - b[task]['probabilities'][name]) <= 1e-4 + 1e-9, (task, name)
