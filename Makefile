@@ -76,8 +76,9 @@ $(JAZZY_BUILD_STAMP): $(JAZZY_DEPS_STAMP) $(MSG_SOURCES) $(PKG_SOURCES)
 
 build: $(BUILD_STAMP) $(JAZZY_BUILD_STAMP)
 
-# Jazzy's set-up (when needed) runs beside Kilted's tests (scripts/run_tests.sh).
-test: setup-kilted
+# Past Kilted's pip install, the rest runs as two lines side by side (scripts/run_tests.sh):
+# Kilted's colcon build and suite, Jazzy's set-up and tests.
+test: $(DEPS_STAMP)
 	bash scripts/run_tests.sh all $(PYTEST_ARGS)
 
 test-kilted: setup-kilted

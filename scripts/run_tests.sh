@@ -4,8 +4,9 @@
 #   scripts/run_tests.sh kilted [PYTEST_ARGS...]
 #   scripts/run_tests.sh jazzy  [PYTEST_ARGS...]
 # `all` runs the two side by side (SB_TEST_PARALLEL=0: one after the other), each on its
-# own DDS domain so their nodes never meet: while Kilted's suite runs, Jazzy's environment
-# is set up if needed (`make setup-jazzy`, log-jazzy/setup.log) and its tests run;
+# own DDS domain so their nodes never meet: while Kilted's colcon build (`make
+# setup-kilted`, when needed) and suite run, Jazzy's environment is set up if needed
+# (`make setup-jazzy`, log-jazzy/setup.log) and its tests run;
 # Kilted's output streams, Jazzy's goes to log-jazzy/pytest.log and its summary follows
 # Kilted's. Ends with one line per environment and a total, and fails if either failed
 # or ran no test. (Side by side is what keeps `make test` from a fresh clone within
@@ -70,13 +71,18 @@ if [ "$what" = all ] && [ "${SB_TEST_PARALLEL:-1}" != 0 ]; then
     run jazzy "$jazzy_domain" "$@"
   } > "$jazzy_log" 2>&1 &
   jazzy_pid=$!
-  run kilted "$kilted_domain" "$@" | tee "$kilted_log"
-  kilted_rc=${PIPESTATUS[0]}
+  if "${MAKE:-make}" --no-print-directory setup-kilted; then
+    run kilted "$kilted_domain" "$@" | tee "$kilted_log"
+    kilted_rc=${PIPESTATUS[0]}
+  else
+    kilted_rc=4
+  fi
   wait "$jazzy_pid"; jazzy_rc=$?
   echo; echo "== Jazzy's run ($jazzy_log), from its summary on:"
   sed -n '/short test summary info\|slowest .* durations/,$p' "$jazzy_log" | tail -n 80
 else
   if [ "$what" != jazzy ]; then
+    "${MAKE:-make}" --no-print-directory setup-kilted || exit 4
     run kilted "$kilted_domain" "$@" | tee "$kilted_log"; kilted_rc=${PIPESTATUS[0]}
   fi
   if [ "$what" != kilted ]; then
