@@ -233,3 +233,25 @@ def test_video_tracked_per_person_with_a_classification_budget(media):
             check_face(face)
     bad = run_cli(media['video'], '--track', '--classify-rate-hz', '-1', *MODEL_ARGS)
     assert bad.returncode != 0 and 'classify_rate_hz' in bad.stderr
+
+
+def test_a_bad_manifest_or_a_file_as_checkpoint_is_one_error_line(
+        media, checkpoint_dir, tmp_path, capsys):
+    import json
+    import shutil
+    bad = tmp_path / 'bad'
+    shutil.copytree(checkpoint_dir, bad)
+    manifest = json.loads((bad / 'manifest.json').read_text())
+    manifest['method'] = 'linear_probe'  # a string where an object belongs: was a traceback
+    (bad / 'manifest.json').write_text(json.dumps(manifest))
+    weights = tmp_path / 'PE-Core-T-16-384.safetensors'
+    weights.write_bytes(b'x')
+    for checkpoint, expected in ((bad, 'method must be null or an object'),
+                                 (weights, 'is a file, not a folder')):
+        with pytest.raises(SystemExit) as exit_info:
+            main([str(media['image']), '--checkpoint', str(checkpoint), '--device', 'cpu',
+                  '--no-progress'])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if 'error:' in line]
+        assert len(lines) == 1 and expected in lines[0] and 'Traceback' not in err, err
