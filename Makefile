@@ -76,7 +76,8 @@ $(JAZZY_BUILD_STAMP): $(JAZZY_DEPS_STAMP) $(MSG_SOURCES) $(PKG_SOURCES)
 
 build: $(BUILD_STAMP) $(JAZZY_BUILD_STAMP)
 
-test: setup
+# Jazzy's set-up (when needed) runs beside Kilted's tests (scripts/run_tests.sh).
+test: setup-kilted
 	bash scripts/run_tests.sh all $(PYTEST_ARGS)
 
 test-kilted: setup-kilted

@@ -26,7 +26,7 @@ LAUNCH_ARGUMENTS = {
     'params_file': (None, 'Parameter file (default: the installed config/node.yaml).'),
     'device': ('', 'Torch device: cuda, cuda:N, cpu or auto (cuda falls back to cpu); '
                    'empty = params_file\'s (cuda in config/node.yaml).'),
-    'runtime': ('', 'Classifier runtime: torch, onnxruntime (CPU, fp32, cached ONNX graph) '
+    'runtime': ('', 'Classifier runtime: torch, onnxruntime (CPU, cached ONNX graph) '
                     'or auto (onnxruntime on the CPU when installed); empty = '
                     'params_file\'s (torch in config/node.yaml).'),
     'checkpoint': ('', 'Trained checkpoint directory; empty = params_file\'s (zero-shot '

@@ -3,6 +3,7 @@
 # install space (messages + console scripts).
 #   . scripts/env.sh          ROS 2 Kilted: .venv/ + install/
 #   . scripts/env.sh jazzy    ROS 2 Jazzy (numpy 1.26, OpenCV 4.6): .venv-jazzy/ + install-jazzy/
+# POSIX sh (dash) passes no arguments to `.`: there, SOFT_BIOMETRICS_ROS_ENV=jazzy . scripts/env.sh
 # Where this file lies: bash and zsh say; POSIX sh (dash) cannot, so there it must be
 # sourced from the repository root.
 if [ -n "${BASH_SOURCE:-}" ]; then
@@ -12,11 +13,12 @@ elif [ -n "${ZSH_VERSION:-}" ]; then
 else
   _sb_script="./scripts/env.sh"
 fi
-case "${1:-kilted}" in
+case "${1:-${SOFT_BIOMETRICS_ROS_ENV:-kilted}}" in
   kilted) _sb_venv=.venv; _sb_install=install ;;
   jazzy) _sb_venv=.venv-jazzy; _sb_install=install-jazzy ;;
   *)
-    echo "scripts/env.sh: unknown environment '$1' (kilted, the default, or jazzy)" >&2
+    echo "scripts/env.sh: unknown environment '${1:-$SOFT_BIOMETRICS_ROS_ENV}'" \
+         "(kilted, the default, or jazzy)" >&2
     unset _sb_script
     return 1 2>/dev/null || exit 1 ;;
 esac

@@ -30,7 +30,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 
 
 def canonical(name: str) -> str:
-    """PEP 503 normalised distribution name."""
+    """Return the PEP 503 normalised distribution name."""
     return re.sub(r'[-_.]+', '-', name).lower()
 
 
@@ -56,7 +56,7 @@ def read_pins(path: Path, pins: dict) -> dict:
 
 
 def site_packages(venv: Path) -> Path:
-    """The venv's site-packages folder."""
+    """Return the venv's site-packages folder."""
     found = sorted(venv.glob('lib/python3*/site-packages'))
     if not found:
         raise SystemExit(f'seed_venv: no site-packages under {venv}')
@@ -64,7 +64,7 @@ def site_packages(venv: Path) -> Path:
 
 
 def select(source: dict, pins: dict) -> list:
-    """Distributions of SOURCE to link: pinned ones at the same version + their deps."""
+    """Choose what to link: the pinned distributions at the same version + their deps."""
     env = default_environment()
     todo = [n for n, v in pins.items() if n in source and source[n].version == v]
     chosen = set()

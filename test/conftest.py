@@ -13,6 +13,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # Which environment runs the tests: 'jazzy' in .venv-jazzy (`. scripts/env.sh jazzy`),
 # else 'kilted' (the default .venv).
 ROS_ENV = 'jazzy' if Path(sys.prefix).name == '.venv-jazzy' else 'kilted'
+# That environment's colcon install space (`make setup` builds both).
+INSTALL_BASE = REPO_ROOT / ('install-jazzy' if ROS_ENV == 'jazzy' else 'install')
 # What the Jazzy run selects (`-m ros`, scripts/run_tests.sh): every test under test/ros/,
 # and any other test module that uses rclpy or the ROS adapters (soft_biometrics_ros.ros:
 # node, parameters, messages, image conversion, bags), found from what it imports.

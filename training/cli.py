@@ -7,9 +7,10 @@ Commands and what they call (imported only when used)::
     evaluate   training.evaluation.run(cfg, checkpoint)            needs --checkpoint DIR
     zero-shot  training.evaluation.run_zero_shot(cfg)
     compare    training.compare.run(cfg)
-    export     training.export.run(cfg, checkpoint, out)           needs --checkpoint DIR;
+    export     training.export.run(cfg, checkpoint, out, onnx)     needs --checkpoint DIR;
                                                                    --output DIR (default
-                                                                   <output_dir>/export)
+                                                                   <output_dir>/export);
+                                                                   --onnx: the ONNX graph too
 
 Arguments after the options are dotted overrides parsed as YAML scalars, e.g.
 ``train.batch_size=8 method.name=dora data.rafdb.root=/data/RAF-DB/basic``; options
@@ -155,6 +156,10 @@ def command_parser(name: str, parser: Optional[argparse.ArgumentParser] = None
     parser.add_argument('--output', metavar='DIR',
                         help='output directory (default: <output_dir>/export)'
                         if command.takes_output else argparse.SUPPRESS)
+    parser.add_argument('--onnx', action='store_true',
+                        help='also write the ONNX graph of the exported model into it (what '
+                             'runtime: onnxruntime loads; saves the export at first start)'
+                        if name == 'export' else argparse.SUPPRESS)
     parser.add_argument('--print-config', action='store_true',
                         help='print the resolved configuration and exit')
     _add_common_options(parser)
@@ -199,6 +204,8 @@ def user_error_types() -> Tuple[Type[BaseException], ...]:
     """
     types: List[Type[BaseException]] = [ConfigError, CommandUnavailable]
     for module_name, names in (('training.datasets.common', ('DatasetError',)),
+                               ('soft_biometrics_ros.models.onnx_runtime',
+                                ('OnnxRuntimeUnavailable',)),
                                ('soft_biometrics_ros.models.backbone', ('BackboneError',)),
                                ('soft_biometrics_ros.models.checkpoint', ('CheckpointError',)),
                                ('soft_biometrics_ros.settings', ('SettingError',))):
@@ -232,6 +239,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         sub.error(f'{name} takes no --checkpoint')
     if not command.takes_output and args.output:
         sub.error(f'{name} takes no --output (set output_dir=... instead)')
+    if name != 'export' and args.onnx:
+        sub.error(f'{name} takes no --onnx (export does)')
     logging.basicConfig(level=getattr(logging, args.log_level),
                         format='%(asctime)s %(levelname)s %(name)s: %(message)s')
     try:
@@ -255,7 +264,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         function = resolve(name)
         if command.checks_method:
             check_method(cfg)
-        function(*call_args)
+        function(*call_args, **({'onnx': True} if args.onnx else {}))
     except Exception as error:
         status = getattr(error, 'exit_status', None)
         if isinstance(status, int) and status > 2:  # training.trainer.TrainingInterrupted

@@ -12,7 +12,11 @@
    loads it; the `checkpoint` parameter of the node, soft_biometrics_predict);
 4. checks that OUT, loaded the way the node loads it, gives the same probabilities as
    DIR on a fixed probe batch (max abs difference <= `tolerance`), and writes the
-   result to OUT/export_report.json. A larger difference is an error and OUT is not kept.
+   result to OUT/export_report.json. A larger difference is an error and OUT is not kept;
+5. with `--onnx`, also writes the ONNX graph of OUT into OUT/onnx/ (the file
+   `runtime: onnxruntime` loads instead of exporting at first start; see
+   soft_biometrics_ros.models.onnx_runtime), checked against torch on the probe batch
+   within the same tolerance, its difference in the report.
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ def max_probability_difference(a: Dict[str, torch.Tensor], b: Dict[str, torch.Te
 
 def export_checkpoint(checkpoint: str | Path, output: str | Path,
                       pretrained: Optional[str] = None,
-                      tolerance: float = DEFAULT_TOLERANCE) -> dict:
+                      tolerance: float = DEFAULT_TOLERANCE, onnx: bool = False) -> dict:
     """Merge and write `checkpoint` to `output`; return the export report (see module doc)."""
     from soft_biometrics_ros.models.checkpoint import load_checkpoint, save_checkpoint
     from soft_biometrics_ros.models.factory import create_classifier
@@ -93,6 +97,9 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path,
         raise RuntimeError(
             f'exported model differs from {checkpoint} by {worst:.2e} in probability '
             f'(tolerance {tolerance:.0e}); export not written')
+    if onnx:
+        report['onnx'] = _write_onnx_graph(reloaded, temporary, output, probe, after,
+                                           tolerance)
     (temporary / 'export_report.json').write_text(json.dumps(report, indent=1))
     if output.exists():
         shutil.rmtree(output)
@@ -102,6 +109,30 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path,
     return report
 
 
-def run(cfg, checkpoint: str, output: str) -> dict:
-    """Entry point of `python -m training export`."""
-    return export_checkpoint(checkpoint, output, pretrained=cfg.model.pretrained)
+def _write_onnx_graph(classifier, folder: Path, output: Path, probe: torch.Tensor,
+                      expected: Dict[str, torch.Tensor], tolerance: float) -> dict:
+    """Export `classifier` (loaded from `folder`) to folder/onnx; return its report entry.
+
+    The graph's cache key does not depend on the folder's name, so the graph written in
+    the temporary folder is the one `output` finds once renamed.
+    """
+    from soft_biometrics_ros.models import onnx_runtime
+    try:
+        exported = onnx_runtime.onnx_classifier(classifier, checkpoint=folder)
+        differences = max_probability_difference(expected, exported.predict_proba(probe))
+    except Exception:
+        shutil.rmtree(folder)
+        raise
+    worst = max(differences.values())
+    if worst > tolerance:
+        shutil.rmtree(folder)
+        raise RuntimeError(f'the ONNX graph differs from torch by {worst:.2e} in probability '
+                           f'(tolerance {tolerance:.0e}); export not written')
+    return {'graph': str(output / exported.graph_path.relative_to(folder)),
+            'onnxruntime': onnx_runtime.onnxruntime_version(),
+            'max_probability_difference': differences}
+
+
+def run(cfg, checkpoint: str, output: str, onnx: bool = False) -> dict:
+    """Entry point of `python -m training export` (`--onnx`: the ONNX graph too)."""
+    return export_checkpoint(checkpoint, output, pretrained=cfg.model.pretrained, onnx=onnx)

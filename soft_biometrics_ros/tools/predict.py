@@ -84,9 +84,9 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
                        help='fp16/bf16: autocast on CUDA; int8: dynamic int8 Linear layers '
                             'on the CPU (default: fp32)')
     model.add_argument('--runtime', default='torch', choices=('torch', 'onnxruntime', 'auto'),
-                       help='classifier runtime: torch, onnxruntime (CPU, fp32: the model '
-                            'exported once to a cached ONNX graph) or auto (onnxruntime on '
-                            'the CPU when installed) (default: torch)')
+                       help='classifier runtime: torch, onnxruntime (CPU: the model exported '
+                            'once to a cached ONNX graph) or auto (onnxruntime on the CPU '
+                            'when installed) (default: torch)')
     detect = parser.add_argument_group('face detection')
     detect.add_argument('--threshold', type=float, default=0.9,
                         help='minimum MTCNN face score, in (0, 1) (default: 0.9)')

@@ -280,14 +280,12 @@ def test_runtime_choice(caplog):
     with caplog.at_level(logging.INFO, logger='soft_biometrics_ros'):
         assert resolve_runtime('auto', 'cpu') == 'onnxruntime'
         assert 'runtime auto: the classifier runs in ONNX Runtime' in caplog.text
-        assert resolve_runtime('auto', 'cpu', 'int8') == 'torch'
+        assert resolve_runtime('auto', 'cpu', 'int8') == 'onnxruntime'
         assert resolve_runtime('auto', 'cuda') == 'torch'
     assert resolve_runtime('torch', 'cpu') == 'torch'
     assert resolve_runtime('onnxruntime', 'cpu') == 'onnxruntime'
     with pytest.raises(ValueError, match='on the CPU'):
         resolve_runtime('onnxruntime', 'cuda')
-    with pytest.raises(ValueError, match='int8 with runtime onnxruntime is refused'):
-        resolve_runtime('onnxruntime', 'cpu', 'int8')
     with pytest.raises(SettingError, match='runtime'):
         ModelConfig(runtime='tensorrt')
     assert ModelConfig(runtime='ONNXRuntime').runtime == 'onnxruntime'
@@ -301,12 +299,34 @@ def test_threads_follow_torch_and_idle_threads_do_not_spin(method_pair):
     assert options.get_session_config_entry('session.intra_op.allow_spinning') == '0'
 
 
-def test_int8_with_onnxruntime_is_refused_before_loading(tmp_path):
-    checkpoint = tmp_path / 'not_even_loaded'
-    checkpoint.mkdir()
-    with pytest.raises(ValueError, match='int8 with runtime onnxruntime is refused'):
-        create_classifier(checkpoint=str(checkpoint), pretrained='none', device='cpu',
-                          runtime='onnxruntime', precision='int8')
+def test_int8_runs_onnxruntime_dynamic_quantization_cached_beside_fp32(
+        lora_checkpoint, images, caplog):
+    checkpoint, torch_classifier = lora_checkpoint
+    [fp32_graph] = graph_files(checkpoint)
+    kwargs = dict(checkpoint=str(checkpoint), pretrained='none', device='cpu',
+                  runtime='onnxruntime', precision='int8')
+    with caplog.at_level(logging.INFO, logger='soft_biometrics_ros'):
+        int8 = create_classifier(**kwargs)
+    assert 'quantizing the ONNX graph to int8' in caplog.text
+    assert 'exporting the' not in caplog.text  # quantized from the cached fp32 graph
+    assert int8.quantized and int8.compute_dtype == torch.qint8
+    assert int8.graph_path == onnx_runtime.int8_graph_path(fp32_graph) != fp32_graph
+    assert sorted(graph_files(checkpoint)) == sorted([fp32_graph, int8.graph_path])
+    with open(int8.graph_path, 'rb') as handle:
+        assert b'MatMulInteger' in handle.read()  # really int8 kernels
+    # Close to fp32 (int8 rounding moves probabilities a little), but not identical.
+    differences = max_difference(torch_classifier, int8, images)
+    assert 0 < max(differences.values()) <= 0.02, differences
+    fp32 = create_classifier(**{**kwargs, 'precision': 'fp32'})
+    assert not fp32.quantized and fp32.graph_path == fp32_graph
+    with pytest.raises(ValueError, match='runs a int8 graph and cannot run in fp32'):
+        int8.set_precision('fp32')
+    assert int8.set_precision('int8') == torch.qint8
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger='soft_biometrics_ros'):
+        again = create_classifier(**kwargs)
+    assert 'ONNX graph loaded from cache' in caplog.text and 'quantizing' not in caplog.text
+    assert again.graph_path == int8.graph_path
 
 
 # A child Python in which `import onnxruntime` fails, as where the package is not
@@ -340,3 +360,24 @@ def test_missing_onnxruntime_is_one_clear_line_and_auto_falls_back(tmp_path):
                                'onnxruntime package is not installed')
     assert 'runtime: torch' in lines[0] and 'Traceback' not in result.stderr
     assert issubclass(OnnxRuntimeUnavailable, ValueError)  # the CLIs' bad-option path
+
+
+def test_predict_cli_runtime_onnxruntime_answers_as_torch(lora_checkpoint, tmp_path, capsys):
+    import cv2
+
+    from soft_biometrics_ros.sample_data import astronaut_bgr
+    from soft_biometrics_ros.tools import predict
+    checkpoint, _ = lora_checkpoint
+    image = tmp_path / 'astronaut.png'
+    cv2.imwrite(str(image), astronaut_bgr())
+    answers = {}
+    for runtime in ('torch', 'onnxruntime'):
+        assert predict.main([str(image), '--checkpoint', str(checkpoint), '--device', 'cpu',
+                             '--runtime', runtime, '--json', '--no-progress']) == 0
+        [line] = capsys.readouterr().out.splitlines()
+        answers[runtime] = json.loads(line)['faces']
+    assert len(answers['torch']) == len(answers['onnxruntime']) >= 1
+    for a, b in zip(answers['torch'], answers['onnxruntime']):
+        for task in labels.TASKS:
+            for name, p in a[task]['probabilities'].items():  # rounded to 4 decimals
+                assert abs(p - b[task]['probabilities'][name]) <= 1e-4 + 1e-9, (task, name)

@@ -2,9 +2,11 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
+from ament_index_python.packages import get_package_prefix
 from rosbags.rosbag2 import Reader
 from ruamel.yaml import YAML
 from sensor_msgs.msg import CompressedImage, Image
@@ -31,9 +33,9 @@ def _rosidl_hash(share, msgtype):
 
 def test_typestore_hashes_match_rosidl_generated_ones(repo_root):
     store = bag_io.typestore()
-    shares = {'soft_biometrics_msgs': repo_root / 'install' / 'soft_biometrics_msgs' / 'share',
-              'sensor_msgs': repo_root / '.venv' / 'share',
-              'rosgraph_msgs': repo_root / '.venv' / 'share'}
+    # The definitions of the environment the tests run in (Kilted's or Jazzy's).
+    shares = {package: Path(get_package_prefix(package)) / 'share'
+              for package in ('soft_biometrics_msgs', 'sensor_msgs', 'rosgraph_msgs')}
     for msgtype in (bag_io.FACES_MSGTYPE, bag_io.IMAGE_MSGTYPE, bag_io.COMPRESSED_IMAGE_MSGTYPE,
                     bag_io.CLOCK_MSGTYPE, 'soft_biometrics_msgs/msg/Emotion'):
         share = shares[msgtype.split('/')[0]]

@@ -12,7 +12,7 @@ from sensor_msgs.msg import RegionOfInterest
 from soft_biometrics_msgs.msg import Age, Emotion, FaceAttributes, FaceAttributesArray, Gender
 
 from soft_biometrics_ros import labels
-from conftest import REPO_ROOT
+from conftest import INSTALL_BASE, REPO_ROOT, ROS_ENV
 
 
 def _full_message() -> FaceAttributesArray:
@@ -104,21 +104,33 @@ def test_colcon_lists_both_packages():
 
 @pytest.mark.parametrize('script', ['soft_biometrics_node', 'soft_biometrics_predict'])
 def test_console_scripts_are_installed(script):
-    path = REPO_ROOT / 'install' / 'soft_biometrics_ros' / 'lib' / 'soft_biometrics_ros' / script
+    path = INSTALL_BASE / 'soft_biometrics_ros' / 'lib' / 'soft_biometrics_ros' / script
     assert path.exists(), f'{script} missing from the colcon install space'
 
 
 @pytest.mark.parametrize('shell', ['sh', 'bash'])
 def test_env_script_gives_the_messages_in_posix_sh_and_bash(shell, tmp_path):
-    # From the repository root both shells get the venv, ROS 2 and the built messages.
-    probe = 'python -c "import rclpy, soft_biometrics_msgs.msg as m; print(m.Age.__name__)"'
-    inside = subprocess.run([shell, '-c', f'. scripts/env.sh && {probe}'], cwd=REPO_ROOT,
-                            capture_output=True, text=True, timeout=120)
-    assert inside.returncode == 0 and inside.stdout.strip() == 'Age', inside.stderr
+    # From the repository root both shells get the venv, ROS 2 and the built messages: of
+    # the environment these tests run in (bash: `. scripts/env.sh jazzy`; POSIX sh passes
+    # no arguments to `.`, so there SOFT_BIOMETRICS_ROS_ENV=jazzy).
+    probe = ('python -c "import sys, rclpy, soft_biometrics_msgs.msg as m; '
+             'print(m.Age.__name__, sys.prefix, m.__file__)"')
+    source = {'bash': f'. {{}} {ROS_ENV}',
+              'sh': f'SOFT_BIOMETRICS_ROS_ENV={ROS_ENV} . {{}}'}[shell]
+
+    def answered(proc):
+        assert proc.returncode == 0, proc.stderr
+        name, prefix, module = proc.stdout.split()
+        assert (name, prefix) == ('Age', sys.prefix)
+        assert module.startswith(str(INSTALL_BASE)), module
+
+    answered(subprocess.run([shell, '-c', source.format('scripts/env.sh') + f' && {probe}'],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=120))
     # Elsewhere bash still finds the repository; POSIX sh cannot, and says what to do.
-    outside = subprocess.run([shell, '-c', f'. "{REPO_ROOT}/scripts/env.sh" && {probe}'],
-                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    outside = subprocess.run(
+        [shell, '-c', source.format(f'"{REPO_ROOT}/scripts/env.sh"') + f' && {probe}'],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120)
     if shell == 'bash':
-        assert outside.returncode == 0 and outside.stdout.strip() == 'Age', outside.stderr
+        answered(outside)
     else:
         assert outside.returncode != 0 and 'repository root' in outside.stderr

@@ -40,7 +40,8 @@ def quick(tmp_path_factory):
     """One quick-suite run on the CPU, node section included (the expensive part, once)."""
     tmp = tmp_path_factory.mktemp('bench_quick')
     return run_bench_cli(tmp, '--suite', 'quick', '--node', '--faces', str(QUICK_FACES),
-                         '--frame', 'x'.join(map(str, QUICK_FRAME)), '--iterations', '3')
+                         '--frame', 'x'.join(map(str, QUICK_FRAME)), '--iterations', '3',
+                         '--runtime', 'torch,onnxruntime')
 
 
 def assert_positive_stats(stats, what):
@@ -87,6 +88,20 @@ def test_quick_suite_latencies_and_faces(quick):
         assert_positive_stats(batch['latency'], 'classifier batch')
     assert inference['memory']['cpu_peak_rss_mib'] > 100
     assert inference['memory']['cuda_max_allocated_mib'] is None
+
+
+def test_quick_suite_compares_torch_and_onnxruntime_interleaved(quick):
+    results, stdout = quick
+    assert results['config']['runtimes'] == ['torch', 'onnxruntime']
+    found = results['runs'][0]['inference']['fp32']['runtimes']
+    assert set(found['classifier']) == {'1', '4'}
+    for what in [*found['classifier'].values(), found['end_to_end'], found['classify_stage']]:
+        assert what['torch_ms'] > 0 and what['onnxruntime_ms'] > 0 and what['calls'] >= 2
+        assert what['ratio'] == pytest.approx(what['torch_ms'] / what['onnxruntime_ms'],
+                                              rel=0.02)
+    assert found['export_s'] > 0 and found['load_cached_s'] > 0
+    assert found['threads'] == results['environment']['torch_threads']
+    assert 'Classifier runtimes' in stdout and 'export s / cached load s' in stdout
 
 
 def test_quick_suite_node_over_ros(quick):

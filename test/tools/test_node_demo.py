@@ -85,8 +85,10 @@ def test_table_rows_sorted_by_face_id():
     a = FaceEstimate.from_probabilities((0, 0, 10, 10), 0.99, probs)
     b = FaceEstimate.from_probabilities((20, 0, 30, 10), 0.95, probs)
     a.face_id, b.face_id = 'fxyz0002', 'fxyz0001'
+    a.observations, b.observations = 12, 0
     rows = demo.format_face_rows([a, b])
     assert rows[0].split()[0] == 'fxyz0001' and rows[1].split()[0] == 'fxyz0002'
+    assert rows[0].split()[-1] == '0' and rows[1].split()[-1] == '12'  # views
     assert '20-29' in rows[0] and 'male' in rows[0] and 'happy' in rows[0]
     assert len(demo.TABLE_HEADER.split()) >= 6
 

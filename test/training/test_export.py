@@ -57,3 +57,36 @@ def test_export_never_replaces_a_folder_that_is_not_a_checkpoint(base, tmp_path)
     with pytest.raises(ValueError, match='is not a checkpoint folder'):
         export.export_checkpoint(checkpoint, tmp_path)
     assert (tmp_path / 'notes.txt').read_text() == 'mine'
+
+
+def test_export_onnx_writes_the_graph_the_node_loads(base, tmp_path, repo_root, caplog):
+    import logging
+
+    from training_helpers import tiny_overrides
+    checkpoint = trained_run(base, 'lora') / 'checkpoints' / 'best'
+    out = tmp_path / 'deploy'
+    status = cli.main(['export', '--onnx', '--config',
+                       str(repo_root / 'config/train/tiny_cpu.yaml'), '--checkpoint',
+                       str(checkpoint), '--output', str(out),
+                       *tiny_overrides(base, tmp_path / 'unused', 'lora')])
+    assert status == 0
+    report = json.loads((out / 'export_report.json').read_text())
+    [graph] = (out / 'onnx').glob('classifier-*.onnx')
+    assert report['onnx']['graph'] == str(graph)
+    assert max(report['onnx']['max_probability_difference'].values()) <= 1e-4
+    assert not list(tmp_path.glob('.deploy*'))  # the temporary folder is gone
+    with caplog.at_level(logging.INFO, logger='soft_biometrics_ros'):
+        deployed = create_classifier(checkpoint=str(out), device='cpu', runtime='onnxruntime')
+    assert 'ONNX graph loaded from cache' in caplog.text and 'exporting' not in caplog.text
+    assert deployed.graph_path == graph
+    torch_model = create_classifier(checkpoint=str(out), device='cpu', runtime='torch')
+    images = torch.randn(3, 3, deployed.input_size, deployed.input_size).clamp(-1, 1)
+    a, b = torch_model.predict_proba(images), deployed.predict_proba(images)
+    for task in labels.TASKS:
+        assert float((a[task] - b[task]).abs().max()) <= 1e-4
+
+
+def test_onnx_is_an_option_of_export_only(repo_root, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(['stats', '--onnx', '--config', str(repo_root / 'config/train/tiny_cpu.yaml')])
+    assert 'stats takes no --onnx' in capsys.readouterr().err

@@ -54,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     add('--precision', action='append', dest='precisions', metavar='P',
         help='fp32, bf16, fp16 (autocast, CUDA only) or int8 (dynamic int8 Linear layers, '
              'CPU only) (repeatable or comma list)')
+    add('--runtime', action='append', dest='runtimes', metavar='R',
+        help='torch, onnxruntime (repeatable or comma list): onnxruntime adds the fp32 '
+             'classifier and frame in ONNX Runtime beside torch, interleaved (cpu suite: '
+             'both)')
     add('--faces', type=int, help='real faces tiled into each synthetic frame')
     add('--frame', type=parse_frame, help='frame size WIDTHxHEIGHT, e.g. 1920x1080')
     add('--iterations', type=int, help='timed frames per measurement')

@@ -54,6 +54,8 @@ class BenchConfig:
     frame: (width, height); faces: real faces tiled into each synthetic frame.
     batch_sizes: classifier-alone batch sizes. train_backbones: backbones that get the
     training-step benchmark (empty = all). node: also run the real node over ROS.
+    runtimes: 'torch', plus 'onnxruntime' to compare the fp32 classifier in torch and in
+    ONNX Runtime, interleaved (tools.bench.runtimes; CPU only).
     """
 
     suite: str = 'cpu'
@@ -62,6 +64,7 @@ class BenchConfig:
     pipeline_method: str = ''
     device: str = 'cpu'
     precisions: Tuple[str, ...] = ('fp32',)
+    runtimes: Tuple[str, ...] = ('torch',)
     faces: int = 1
     frame: Tuple[int, int] = (640, 480)
     iterations: int = 20
@@ -118,6 +121,10 @@ class BenchConfig:
                                  f'{", ".join(INFERENCE_PRECISIONS)}')
         if not self.precisions:
             raise ValueError(f'precisions is empty; give {", ".join(INFERENCE_PRECISIONS)}')
+        self.runtimes = tuple(r.lower() for r in split_list(self.runtimes)) or ('torch',)
+        for runtime in self.runtimes:
+            if runtime not in ('torch', 'onnxruntime'):
+                raise ValueError(f'runtimes: {runtime!r} is not torch or onnxruntime')
         # int8 quantizes the classifier in place, for good: it is measured last.
         self.precisions = tuple(sorted(self.precisions, key=lambda p: p == 'int8'))
         if isinstance(self.frame, str):
@@ -163,8 +170,8 @@ SUITES: Dict[str, Dict[str, Any]] = {
                   train_warmup=0, node=False),
     # `make bench`: a few minutes on 2 CPU cores.
     'cpu': dict(backbones=(T, S), methods=('linear_probe', 'partial', 'lora', 'mtlora'),
-                device='cpu', precisions=('fp32', 'int8'), faces=1, frame=(640, 480),
-                iterations=15,
+                device='cpu', precisions=('fp32', 'int8'), runtimes=('torch', 'onnxruntime'),
+                faces=1, frame=(640, 480), iterations=15,
                 warmup=2, batch_sizes=(1, 8, 32), batch_seconds=6.0, train_batch=4,
                 train_steps=2, train_backbones=(T,), node=True),
     # `make gpu-check`: T/B/L in fp32 and bf16 on 1080p frames with 5 faces.

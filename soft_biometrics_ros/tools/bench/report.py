@@ -77,6 +77,13 @@ def format_tables(results: dict) -> str:
                           'decode img/jpeg', 'detect', 'crop', 'classify', 'msg',
                           f'faces/s b{batch_sizes}', 'faces', 'node/pipeline',
                           'peak MiB cpu/cuda'], rows), '']
+    from soft_biometrics_ros.tools.bench.runtimes import runtime_rows
+    rows = runtime_rows(results)
+    if rows:
+        lines += ['Classifier runtimes (fp32, same model, interleaved in one process; ms per '
+                  'face torch / onnxruntime = ratio, higher = ONNX Runtime faster)',
+                  _table(['backbone', 'prec', 'classifier alone', 'end to end ms',
+                          'classify stage', 'export s / cached load s'], rows), '']
     rows = []
     for run_ in results['runs']:
         if 'params' not in run_:

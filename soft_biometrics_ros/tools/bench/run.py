@@ -118,6 +118,12 @@ def bench_inference(cfg: BenchConfig, backbone: str, device: torch.device, frame
             pipeline.classifier, crop, cfg.batch_sizes, cfg.iterations, 1, cfg.batch_seconds,
             device)
         result['classifier_memory'] = memory.read()
+        if key == 'fp32' and 'onnxruntime' in cfg.runtimes:
+            from soft_biometrics_ros.tools.bench.runtimes import bench_runtimes
+            logger.info('[%s] classifier in torch vs ONNX Runtime, interleaved', backbone)
+            result['runtimes'] = bench_runtimes(
+                pipeline, path, frame, crop, checkpoint, cfg.batch_sizes, cfg.iterations,
+                cfg.warmup, cfg.batch_seconds, with_ros, workdir, short_name(backbone))
         if cfg.node and 'node' in cfg.sections and with_ros:
             # Imported here: the node section needs ROS, the other sections run without.
             from soft_biometrics_ros.tools.bench.node import bench_node
