@@ -24,6 +24,20 @@ from soft_biometrics_ros.models.backbone import PreprocessConfig, preprocess_ima
 logger = logging.getLogger(__name__)
 
 
+def check_batch(batch: torch.Tensor, size: int) -> int:
+    """Return the batch's N; raise ValueError unless it is (N, 3, size, size)."""
+    if batch.ndim != 4 or batch.shape[1] != 3 or tuple(batch.shape[2:]) != (size, size):
+        raise ValueError(
+            f'batch has shape {tuple(batch.shape)}; expected (N, 3, {size}, {size}) '
+            f'(use .preprocess(crops))')
+    return int(batch.shape[0])
+
+
+def empty_probabilities() -> Dict[str, torch.Tensor]:
+    """Return task -> an empty (0, C_task) probability tensor (a batch of no faces)."""
+    return {t: torch.zeros((0, labels.NUM_CLASSES[t])) for t in labels.TASKS}
+
+
 class FaceClassifier(nn.Module):
     """Face crops -> per-task probabilities; subclasses implement `forward`.
 
@@ -123,13 +137,8 @@ class FaceClassifier(nn.Module):
         previous mode is restored), under torch.inference_mode, with autocast when a
         reduced precision is set on CUDA. Each row sums to 1.
         """
-        size = self.input_size
-        if batch.ndim != 4 or batch.shape[1] != 3 or tuple(batch.shape[2:]) != (size, size):
-            raise ValueError(
-                f'batch has shape {tuple(batch.shape)}; expected (N, 3, {size}, {size}) '
-                f'(use .preprocess(crops))')
-        if batch.shape[0] == 0:
-            return {t: torch.zeros((0, labels.NUM_CLASSES[t])) for t in labels.TASKS}
+        if check_batch(batch, self.input_size) == 0:
+            return empty_probabilities()
         was_training = self.training
         self.eval()
         try:

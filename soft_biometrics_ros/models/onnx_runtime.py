@@ -50,7 +50,7 @@ from torch import nn
 from soft_biometrics_ros import labels
 from soft_biometrics_ros.device import resolve_precision
 from soft_biometrics_ros.files import sha256_file
-from soft_biometrics_ros.models.classifier import FaceClassifier
+from soft_biometrics_ros.models.classifier import FaceClassifier, check_batch, empty_probabilities
 
 logger = logging.getLogger(__name__)
 
@@ -392,13 +392,8 @@ class OnnxClassifier(FaceClassifier):
 
     def predict_proba(self, batch: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Return task -> probabilities (N, C_task) float32, as FaceClassifier's."""
-        size = self.input_size
-        if batch.ndim != 4 or batch.shape[1] != 3 or tuple(batch.shape[2:]) != (size, size):
-            raise ValueError(
-                f'batch has shape {tuple(batch.shape)}; expected (N, 3, {size}, {size}) '
-                f'(use .preprocess(crops))')
-        if batch.shape[0] == 0:
-            return {t: torch.zeros((0, labels.NUM_CLASSES[t])) for t in labels.TASKS}
+        if check_batch(batch, self.input_size) == 0:
+            return empty_probabilities()
         images = np.ascontiguousarray(batch.detach().to('cpu', torch.float32).numpy())
         return {task: torch.from_numpy(p) for task, p in zip(labels.TASKS, self.run(images))}
 

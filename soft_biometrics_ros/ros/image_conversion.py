@@ -41,6 +41,7 @@ from typing import Optional, Tuple
 import cv2
 import numpy as np
 
+from soft_biometrics_ros.runtime import image_decode
 from soft_biometrics_ros.runtime.image_decode import (DEFAULT_MAX_PIXELS, ImageDecodeError,
                                                       decode_image, image_dimensions,
                                                       image_format, walk_jpeg)
@@ -108,14 +109,10 @@ def _bridge():
 def check_pixels(width: int, height: int, max_pixels: int = DEFAULT_MAX_PIXELS,
                  what: str = 'image') -> None:
     """Raise ImageConversionError for a zero-size frame or one above `max_pixels`."""
-    if width <= 0 or height <= 0:
-        raise ImageConversionError(
-            f'zero-size {what}: width={width}, height={height}; both must be > 0',
-            kind='zero_size')
-    if max_pixels and width * height > max_pixels:
-        raise ImageConversionError(
-            f'{what} of {width}x{height} = {width * height} pixels exceeds the limit of '
-            f'{max_pixels} pixels; refusing to convert it', kind='too_large')
+    try:
+        image_decode.check_pixels(width, height, max_pixels, what)
+    except ImageDecodeError as error:
+        raise ImageConversionError(str(error), kind=error.kind) from None
 
 
 def raw_to_bgr(data, width: int, height: int, encoding: str, step: int,

@@ -121,6 +121,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help='videos: process every N-th frame (default: 1)')
     out.add_argument('--max-frames', type=int, default=0, metavar='N',
                      help='videos: stop after N processed frames; 0 = all (default: 0)')
+    out.add_argument('--track', action='store_true',
+                     help='videos: track faces and answer per person, as the node does '
+                          '(face_id, answers aggregated per track, observations, '
+                          'attributes_stamp in video seconds)')
+    out.add_argument('--classify-rate-hz', type=float, default=0.0, metavar='HZ',
+                     help='with --track: classify each face at most HZ times per second of '
+                          'video time; 0 = every face on every frame (default: 0)')
+    out.add_argument('--max-classify-per-frame', type=int, default=1, metavar='N',
+                     help='with --track and a rate: at most N faces classified per frame, '
+                          'new first (0 = no limit; default: 1)')
     out.add_argument('--no-progress', action='store_true', help='no progress bars')
     out.add_argument('--verbose', '-v', action='store_true', help='log more on stderr')
     return parser
@@ -311,10 +321,22 @@ class Predictor:
         every_n = max(1, self.args.every_n_frames)
         progress = not self.args.no_progress
         writer = None
+        tracked = None
+        if getattr(self.args, 'track', False):
+            from soft_biometrics_ros.runtime.budget import BudgetConfig
+            from soft_biometrics_ros.runtime.tracking import FaceTracker, TrackerConfig
+            tracked = (FaceTracker(TrackerConfig(max_age_s=2.0)), BudgetConfig(
+                classify_rate_hz=self.args.classify_rate_hz,
+                max_classify_per_frame=self.args.max_classify_per_frame))
         try:
             for index, time_s, frame, fps in video_frames(path, every_n, self.args.max_frames,
                                                           progress):
-                estimates, timings = self.pipeline.process(frame, color_order='bgr')
+                if tracked is not None:
+                    estimates, timings, _ = self.pipeline.process_tracked(
+                        frame, *tracked, stamp=time_s if time_s == time_s else None,
+                        color_order='bgr')
+                else:
+                    estimates, timings = self.pipeline.process(frame, color_order='bgr')
                 self.summary.frames += 1
                 self.summary.faces += len(estimates)
                 self._emit(str(path), index, time_s, frame, estimates, timings)
@@ -374,8 +396,9 @@ def format_table(source: str, frame: Optional[int], estimates, timings) -> str:
             age = f'{e.age.label} ({e.age_years:.0f}y) {e.age.confidence:.2f}'
             gender = f'{e.gender.label} {e.gender.confidence:.2f}'
             emotion = f'{e.emotion.label} {e.emotion.confidence:.2f}'
+            views = f'  {e.face_id} ({e.observations} views)' if e.face_id else ''
             lines.append(f'  {i:>2}  {box:<21} {e.detection_score:>5.2f}  {age:<20} '
-                         f'{gender:<13} {emotion:<16}')
+                         f'{gender:<13} {emotion:<16}{views}')
     return '\n'.join(lines)
 
 
@@ -388,6 +411,10 @@ def run(args: argparse.Namespace, out: Optional[IO[str]] = None, pipeline=None) 
         raise ValueError(f'--every-n-frames must be >= 1, got {args.every_n_frames}')
     if args.max_frames < 0:
         raise ValueError(f'--max-frames must be >= 0, got {args.max_frames}')
+    if getattr(args, 'track', False):
+        from soft_biometrics_ros.runtime.budget import BudgetConfig
+        BudgetConfig(classify_rate_hz=args.classify_rate_hz,  # names a bad field
+                     max_classify_per_frame=args.max_classify_per_frame)
     predictor = Predictor(args, out if out is not None else sys.stdout, pipeline)
     files = expand_inputs(args.inputs, predictor.summary)
     if files:

@@ -107,6 +107,18 @@ def test_node_answers_a_4k_raw_frame_and_counts_one_too_large_to_carry(tmp_path)
         answer = client.answer((2000, 1), timeout=90)
         assert answer is not None, 'the 4K frame did not reach the node'
         assert len(answer.faces) >= 1
+        # A stream of them (a 5 Hz camera): every frame reaches the node (received; the
+        # node itself may drop stale ones while busy, which it counts).
+        before = int(values(client.latest_diagnostics(after=time.monotonic(), timeout=5))
+                     ['frames received'])
+        for i in range(10):
+            msg.header.stamp.sec, msg.header.stamp.nanosec = 2001, i
+            client.publish(msg)
+            time.sleep(0.2)
+        status = client.latest_diagnostics(
+            after=time.monotonic(), timeout=30,
+            predicate=lambda s: int(values(s)['frames received']) >= before + 10)
+        assert status is not None, 'some 4K frames never reached the node'
         # 4096x2160 bgra8: 33.75 MiB > 32 MiB.
         big = bgr_msg(np.zeros((2160, 4096, 4), np.uint8)[:, :, :3], (2000, 2))
         big.encoding, big.step = 'bgra8', 4096 * 4

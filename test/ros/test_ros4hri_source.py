@@ -101,24 +101,34 @@ def test_bad_crops_are_counted_and_skipped_and_ids_that_leave_are_forgotten(sour
         {k: v for k, v in kinds.items() if k.startswith('bad') or k.startswith('last')}
     # a bad id is reported once, not on every tracked list that names it
     assert int(kinds['bad frames: invalid_id']) == 1
-    # still answering good moments
-    answer = None
+
+    # still answering good moments (any moment published so far may be the one answered:
+    # under load the node can still be busy with an earlier one when the next is sent)
+    def answer_to_any(stamps, faces):
+        for stamp in reversed(stamps):
+            found = client.faces.get(stamp)
+            if found is not None and len(found[0].faces) == faces:
+                return found[0]
+        return None
+
+    published = []
     for i in range(20):
-        stamp = (5100 + i, 0)
-        detector.publish(stamp, good)
-        answer = client.answer(stamp, timeout=3)
-        if answer is not None and len(answer.faces) == 2:
+        published.append((5100 + i, 0))
+        detector.publish(published[-1], good)
+        answer = wait_for(lambda: answer_to_any(published, 2), 3)
+        if answer is not None:
             break
     assert answer is not None and len(answer.faces) == 2
     # fghij leaves the tracked list: the node drops its subscription and its answers
     assert client.node.count_subscribers('/humans/faces/fghij/cropped') == 1
+    published = []
     for i in range(20):
-        stamp = (5200 + i, 0)
-        detector.publish(stamp, {'abcde': good['abcde']})
-        answer = client.answer(stamp, timeout=3)
+        published.append((5200 + i, 0))
+        detector.publish(published[-1], {'abcde': good['abcde']})
+        answer = wait_for(lambda: answer_to_any(published, 1), 3)
         if answer is not None:
             break
-    assert [face.face_id for face in answer.faces] == ['abcde']
+    assert answer is not None and [face.face_id for face in answer.faces] == ['abcde']
     assert wait_for(lambda: client.node.count_subscribers(
         '/humans/faces/fghij/cropped') == 0, 10)
     assert wait_for(lambda: client.node.count_publishers(

@@ -214,6 +214,27 @@ def test_a_backbone_prefix_suggests_the_architecture_it_begins(media, capsys):
     assert "backbone 'PE-Core-T'" in err and '(did you mean PE-Core-T-16-384?)' in err
 
 
+def test_video_tracked_per_person_with_a_classification_budget(media):
+    result = run_cli(media['video'], '--json', '--track', '--classify-rate-hz', '5',
+                     '--max-classify-per-frame', '0', *MODEL_ARGS)
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r['frame'] for r in records] == [0, 1, 2]
+    assert all(len(r['faces']) == 2 for r in records)
+    ids = [sorted(f['face_id'] for f in r['faces']) for r in records]
+    assert ids[0] == ids[1] == ids[2]  # the same two people throughout
+    # 10 frames/s of video, each face classified at most 5 times a second of video time
+    assert [sorted(f['observations'] for f in r['faces']) for r in records] == \
+        [[1, 1], [1, 1], [2, 2]]
+    assert [sorted(f['attributes_stamp'] for f in r['faces']) for r in records] == \
+        [[0.0, 0.0], [0.0, 0.0], [pytest.approx(0.2)] * 2]
+    for record in records:
+        for face in record['faces']:
+            check_face(face)
+    bad = run_cli(media['video'], '--track', '--classify-rate-hz', '-1', *MODEL_ARGS)
+    assert bad.returncode != 0 and 'classify_rate_hz' in bad.stderr
+
+
 def test_a_bad_manifest_or_a_file_as_checkpoint_is_one_error_line(
         media, checkpoint_dir, tmp_path, capsys):
     import json

@@ -49,6 +49,7 @@ class PersonsConfig:
     pretrained: str = 'none'
     device: str = 'cpu'
     precision: str = 'fp32'
+    runtime: str = 'torch'  # or onnxruntime (CPU: the classifier as an ONNX graph)
     frame: Tuple[int, int] = (640, 480)
     faces: Tuple[int, ...] = (1, 5)
     # A robot's camera at 1-2 m: faces of 80-200 px in 640x480; detection at half size.
@@ -192,7 +193,7 @@ def bench_persons(cfg: PersonsConfig, pipeline=None) -> dict:
     if pipeline is None:
         pipeline = Pipeline(PipelineConfig(
             backbone=cfg.backbone, pretrained=cfg.pretrained, device=cfg.device,
-            precision=cfg.precision, detection_scale=cfg.detection_scale,
+            precision=cfg.precision, runtime=cfg.runtime, detection_scale=cfg.detection_scale,
             min_face_size=cfg.min_face_size, max_faces=10))
         pipeline.warmup(2)
     scenes = {}
@@ -260,7 +261,8 @@ def format_table(out: dict) -> str:
         rows.append(f"{'':>5}  budget / every frame: answers/s x{ratio['answers_per_s']}, "
                     f"refresh x{ratio['refresh_hz']}")
     env, det = out['environment'], out['detection']
-    rows.append(f"{out['config']['backbone']} {out['config']['precision']} on "
+    rows.append(f"{out['config']['backbone']} {out['config']['precision']} "
+                f"({out['config']['runtime']}) on "
                 f"{out['config']['device']}, {det['frame'][0]}x{det['frame'][1]}, "
                 f"detection_scale {det['detection_scale']}, min_face_size "
                 f"{det['min_face_size']}; budget {out['budget']}; {env['cpu_count']} CPUs, "
@@ -281,6 +283,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="'none' (random weights: speed only), 'meta' or a file")
     parser.add_argument('--device', default=defaults.device)
     parser.add_argument('--precision', default=defaults.precision)
+    parser.add_argument('--runtime', default=defaults.runtime,
+                        help='classifier runtime: torch or onnxruntime (CPU)')
     parser.add_argument('--faces', default=','.join(map(str, defaults.faces)),
                         help='comma list of face counts')
     parser.add_argument('--detection-scale', type=float, default=defaults.detection_scale)
@@ -305,8 +309,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(str(error))
     cfg = PersonsConfig(
         backbone=args.backbone, pretrained=args.pretrained, device=args.device,
-        precision=args.precision, faces=faces, detection_scale=args.detection_scale,
-        min_face_size=args.min_face_size, classify_rate_hz=args.classify_rate_hz,
+        precision=args.precision, runtime=args.runtime, faces=faces,
+        detection_scale=args.detection_scale, min_face_size=args.min_face_size,
+        classify_rate_hz=args.classify_rate_hz,
         max_classify_per_frame=args.max_classify_per_frame, steady_s=args.steady_s,
         appearances=args.appearances, rounds=args.rounds, threads=args.threads)
     out = bench_persons(cfg)
