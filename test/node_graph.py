@@ -10,6 +10,7 @@ and `/diagnostics`, and calls the lifecycle and parameter services.
 from __future__ import annotations
 
 import array
+import contextlib
 import subprocess
 from pathlib import Path
 
@@ -71,3 +72,24 @@ class GraphClient(NodeClient):
 
     def __init__(self, name: str = 'soft_biometrics_test_client'):
         super().__init__(name, IMAGE_TOPIC, node=NODE, threads=2)
+
+
+@contextlib.contextmanager
+def running_node(log_path: Path, *ros_args: str, timeout: float = 240.0,
+                 compressed: bool = False):
+    """Start the node, yield (GraphClient, process) once it is active and subscribed.
+
+    On exit the client closes and the node gets Ctrl-C; a non-zero exit code fails the
+    test with the end of the node's log.
+    """
+    process = start_node(log_path, *ros_args)
+    client = GraphClient()
+    try:
+        if not client.wait_until_active(timeout=timeout):
+            raise AssertionError('node did not become active:\n' + log_path.read_text())
+        assert client.wait_for_subscriber(compressed=compressed)
+        yield client, process
+    finally:
+        client.close()
+        code = stop_node(process)
+        assert code == 0, f'node exited with {code}:\n{log_path.read_text()[-3000:]}'

@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 from sensor_msgs.msg import Image
 
-from node_graph import (ASTRONAUT_FACE, GraphClient, bgr_msg, rss_mib, start_node, stop_node,
-                        values)
+from node_graph import ASTRONAUT_FACE, bgr_msg, rss_mib, running_node, values
 from soft_biometrics_ros import labels
 from soft_biometrics_ros.sample_data import astronaut_bgr
 
@@ -23,17 +22,8 @@ from soft_biometrics_ros.sample_data import astronaut_bgr
 def graph(tmp_path_factory):
     """The running node (started once for this module) and a client node beside it."""
     log_path = tmp_path_factory.mktemp('node') / 'node.log'
-    process = start_node(log_path, '-p', 'max_rate:=0.0')
-    client = GraphClient()
-    try:
-        if not client.wait_until_active(timeout=240):
-            raise AssertionError('node did not become active:\n' + log_path.read_text())
-        assert client.wait_for_subscriber()
+    with running_node(log_path, '-p', 'max_rate:=0.0') as (client, process):
         yield client, process, log_path
-    finally:
-        client.close()
-        code = stop_node(process)
-        assert code == 0, f'node exited with {code}:\n{log_path.read_text()[-3000:]}'
 
 
 def test_faces_answered_with_source_stamps_roi_and_stable_ids(graph):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from sensor_msgs.msg import CompressedImage
 
-from node_graph import GraphClient, start_node, stop_node, values
+from node_graph import running_node, values
 from soft_biometrics_ros.sample_data import astronaut_bgr
 
 
@@ -38,17 +38,9 @@ def jpeg(image) -> bytes:
 def graph(tmp_path_factory):
     """A compressed-input node (max_rate 0) and a client."""
     log_path = tmp_path_factory.mktemp('node_compressed') / 'node.log'
-    process = start_node(log_path, '-p', 'max_rate:=0.0', '-p', 'compressed:=true')
-    client = GraphClient()
-    try:
-        if not client.wait_until_active(timeout=240):
-            raise AssertionError('node did not become active:\n' + log_path.read_text())
-        assert client.wait_for_subscriber(compressed=True)
+    with running_node(log_path, '-p', 'max_rate:=0.0', '-p', 'compressed:=true',
+                      compressed=True) as (client, process):
         yield client, process, log_path
-    finally:
-        client.close()
-        code = stop_node(process)
-        assert code == 0, f'node exited with {code}:\n{log_path.read_text()[-3000:]}'
 
 
 def test_damaged_and_disproportionate_jpegs_are_counted_corrupt_and_skipped(graph):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from node_graph import GraphClient, bgr_msg, start_node, stop_node
+from node_graph import bgr_msg, running_node
 from soft_biometrics_ros.models.adapters import apply_method
 from soft_biometrics_ros.models.checkpoint import save_checkpoint
 from soft_biometrics_ros.models.multitask import build_multitask_model
@@ -41,18 +41,10 @@ def checkpoint(tmp_path_factory):
 def graph(tmp_path_factory, checkpoint):
     """The node (runtime onnxruntime, no tracking: raw answers) and a client beside it."""
     log_path = tmp_path_factory.mktemp('node') / 'node.log'
-    process = start_node(log_path, '-p', 'max_rate:=0.0', '-p', 'runtime:=onnxruntime',
-                         '-p', f'checkpoint:={checkpoint}', '-p', 'tracking:=false')
-    client = GraphClient()
-    try:
-        if not client.wait_until_active(timeout=300):
-            raise AssertionError('node did not become active:\n' + log_path.read_text())
-        assert client.wait_for_subscriber()
+    with running_node(log_path, '-p', 'max_rate:=0.0', '-p', 'runtime:=onnxruntime',
+                      '-p', f'checkpoint:={checkpoint}', '-p', 'tracking:=false',
+                      timeout=300) as (client, process):
         yield client, process, log_path
-    finally:
-        client.close()
-        code = stop_node(process)
-        assert code == 0, f'node exited with {code}:\n{log_path.read_text()[-3000:]}'
 
 
 def test_node_on_onnxruntime_answers_as_torch_does(graph, checkpoint):

@@ -11,7 +11,7 @@ import pytest
 from hri_msgs.msg import Expression, SoftBiometrics
 
 from hri_graph import HriListener, wait_for
-from node_graph import GraphClient, bgr_msg, start_node, stop_node
+from node_graph import bgr_msg, running_node
 from soft_biometrics_ros import labels
 from soft_biometrics_ros.sample_data import panning_frames
 
@@ -20,20 +20,12 @@ from soft_biometrics_ros.sample_data import panning_frames
 def publisher_graph(tmp_path_factory):
     """The node with publish_ros4hri on, a client and a libhri-like listener."""
     log_path = tmp_path_factory.mktemp('ros4hri') / 'node.log'
-    process = start_node(log_path, '-p', 'max_rate:=0.0', '-p', 'publish_ros4hri:=true',
-                         '-p', 'max_missed_frames:=1', '-p', 'max_track_age_s:=0.0')
-    client = GraphClient()
-    listener = HriListener(client.node, topics=('roi', 'expression', 'softbiometrics',
-                                                'cropped'))
-    try:
-        if not client.wait_until_active(timeout=240):
-            raise AssertionError('node did not become active:\n' + log_path.read_text())
-        assert client.wait_for_subscriber()
+    with running_node(log_path, '-p', 'max_rate:=0.0', '-p', 'publish_ros4hri:=true',
+                      '-p', 'max_missed_frames:=1', '-p', 'max_track_age_s:=0.0'
+                      ) as (client, process):
+        listener = HriListener(client.node, topics=('roi', 'expression', 'softbiometrics',
+                                                    'cropped'))
         yield client, listener, log_path
-    finally:
-        client.close()
-        code = stop_node(process)
-        assert code == 0, f'node exited with {code}:\n{log_path.read_text()[-3000:]}'
 
 
 def test_faces_of_the_sample_get_roi_expression_and_softbiometrics(publisher_graph):
