@@ -40,6 +40,8 @@ import os
 import re
 import tempfile
 import time
+import types
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
@@ -58,8 +60,8 @@ RUNTIMES = ('torch', 'onnxruntime', 'auto')
 OPSET = 18
 GRAPH_FOLDER = 'onnx'
 INPUT_NAME = 'images'
-# Bumped when the exported graph's layout (inputs, outputs, wrapper) changes.
-GRAPH_FORMAT = 1
+# Bumped when the exported graph's layout (inputs, outputs, wrapper, attention) changes.
+GRAPH_FORMAT = 2
 INSTALL_HINT = ('pip install -r requirements/runtime.txt (it pins onnxruntime), or set '
                 'runtime: torch')
 _GRAPH_NAME = re.compile(r'^(?P<stem>.+?)(?P<int8>-int8)?-(?P<key>[0-9a-f]{20})\.onnx$')
@@ -138,6 +140,95 @@ class ProbabilityGraph(nn.Module):
         """Return one (N, C_task) probability tensor per task, in labels.TASKS order."""
         logits = self.classifier(images)
         return tuple(logits[task].float().softmax(dim=-1) for task in labels.TASKS)
+
+
+def _rope_tables(rope: torch.Tensor, prefix: int, half: bool, scale: float,
+                 dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Return cos, sin (2, 1, 1, L, D) and the rotation matrix (D, D) of a rope.
+
+    `rope` is timm's concatenated [sin | cos] table (L - prefix, 2D) of the patch tokens.
+    Rows of the `prefix` tokens get cos 1 and sin 0 (no rotation), so the rotation runs
+    on the whole sequence without slicing. rot(x) = x @ R, R a signed permutation
+    (timm's interleaved [-x1, x0, -x3, x2, ...], or with `half` [-x_(D/2).., x_0..]):
+    each output is one exact product, and a matmul runs far faster in ONNX Runtime than a
+    gather along the last axis. The attention scale is folded into the query's row of
+    both tables.
+    """
+    sin, cos = rope.to(dtype).chunk(2, dim=-1)
+    dim = cos.shape[-1]
+    cos = torch.cat([cos.new_ones(prefix, dim), cos.reshape(-1, dim)], dim=0)
+    sin = torch.cat([sin.new_zeros(prefix, dim), sin.reshape(-1, dim)], dim=0)
+    index = torch.arange(dim, device=rope.device)
+    if half:
+        source = (index + dim // 2) % dim
+        sign = torch.where(index < dim // 2, -1.0, 1.0)
+    else:
+        source = index ^ 1
+        sign = torch.where(index % 2 == 0, -1.0, 1.0)
+    rotation = torch.zeros(dim, dim, dtype=dtype, device=rope.device)
+    rotation[source, index] = sign.to(dtype)
+    rows = torch.tensor([scale, 1.0], dtype=dtype, device=rope.device).view(2, 1, 1, 1, 1)
+    return cos * rows, sin * rows, rotation
+
+
+def _lean_rope_attention(self, x: torch.Tensor, rope: Optional[torch.Tensor] = None,
+                         attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False):
+    """timm AttentionRope's forward, written for a short exported graph (same result).
+
+    The sequence length is fixed by the input size, so every reshape has a constant
+    shape (batch -1); the rotary embedding is a small matmul and two products over the
+    whole sequence (see `_rope_tables`) instead of slices, a stack and concatenations
+    around the prefix tokens; attention is written out (softmax(q k^T) v, the scale
+    folded into q), which ONNX Runtime fuses into transposed matmuls. Anything else
+    (masks, causal, training) runs timm's own forward.
+    """
+    if attn_mask is not None or is_causal or self.training:
+        return type(self).forward(self, x, rope=rope, attn_mask=attn_mask, is_causal=is_causal)
+    tokens = int(x.shape[1])
+    qkv = self.qkv(x).reshape(-1, tokens, 3, self.num_heads, self.head_dim)
+    qkv = qkv.permute(2, 0, 3, 1, 4)  # (3, B, heads, L, D)
+    qk, v = qkv[:2], qkv[2]
+    if rope is not None:
+        cos, sin, rotation = _rope_tables(rope, self.num_prefix_tokens,
+                                      bool(getattr(self, 'rotate_half', False)), self.scale,
+                                      qk.dtype)
+        qk = qk * cos + (qk @ rotation) * sin
+    else:
+        qk = qk * torch.tensor([self.scale, 1.0], dtype=qk.dtype).view(2, 1, 1, 1, 1)
+    attention = (qk[0] @ qk[1].transpose(-2, -1)).softmax(dim=-1)
+    out = (attention @ v).transpose(1, 2).reshape(-1, tokens, self.attn_dim)
+    return self.proj(out)
+
+
+def _lean_attention_applies(module: nn.Module) -> bool:
+    """Whether `module` is a timm AttentionRope that `_lean_rope_attention` reproduces."""
+    try:
+        from timm.layers import AttentionRope
+    except ImportError:
+        return False
+    return (isinstance(module, AttentionRope) and module.qkv is not None
+            and getattr(module, 'gate', None) is None
+            and getattr(module, 'num_kv_groups', 1) == 1
+            and all(isinstance(getattr(module, name, nn.Identity()), nn.Identity)
+                    for name in ('q_norm', 'k_norm', 'norm')))
+
+
+@contextmanager
+def lean_attention(model: nn.Module):
+    """While exporting, run `model`'s rope attention modules as `_lean_rope_attention`.
+
+    The graph ONNX Runtime runs then has about a third of the nodes per block (no
+    dynamic-shape arithmetic, no rope slicing); the modules are restored afterwards.
+    Yields how many modules were switched.
+    """
+    switched = [m for m in model.modules() if _lean_attention_applies(m)]
+    for module in switched:
+        module.forward = types.MethodType(_lean_rope_attention, module)
+    try:
+        yield len(switched)
+    finally:
+        for module in switched:
+            del module.forward
 
 
 def model_key(classifier: FaceClassifier) -> str:
@@ -231,9 +322,9 @@ def export_graph(classifier: FaceClassifier, path: Union[str, Path],
 
     def write(temporary: Path) -> None:
         import warnings
-        with warnings.catch_warnings(), torch.no_grad():
+        with warnings.catch_warnings(), torch.no_grad(), lean_attention(graph):
             # The TorchScript exporter warns about traced Python values (shapes read in
-            # Python) that it keeps symbolic; the equality tests check the result.
+            # Python, the constant sequence length); the equality tests check the result.
             warnings.simplefilter('ignore')
             torch.onnx.export(graph, (example,), str(temporary), opset_version=OPSET,
                               dynamo=False, input_names=[INPUT_NAME], output_names=outputs,

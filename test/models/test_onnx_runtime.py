@@ -252,6 +252,27 @@ def test_the_key_follows_weights_and_versions(base_model, monkeypatch):
     assert onnx_runtime.model_key(model) != changed
 
 
+@pytest.mark.parametrize('rotate_half', [False, True])
+def test_the_exported_rope_attention_equals_timms_and_is_restored(base_model, images,
+                                                                  rotate_half):
+    """The export's constant-shape attention gives timm's result in every PE-Core block."""
+    model = copy.deepcopy(base_model)
+    blocks = [m for m in model.modules() if onnx_runtime._lean_attention_applies(m)]
+    assert len(blocks) == len(model.visual.trunk.blocks) > 0
+    for module in blocks:
+        module.rotate_half = rotate_half
+    with torch.no_grad():
+        expected = model(images)
+        with onnx_runtime.lean_attention(model) as switched:
+            assert switched == len(blocks)
+            lean = model(images)
+        restored = model(images)
+    assert all('forward' not in vars(module) for module in blocks)  # timm's forward again
+    for task in labels.TASKS:
+        assert torch.allclose(lean[task], expected[task], atol=1e-5), task
+        assert torch.equal(restored[task], expected[task])
+
+
 @pytest.mark.parametrize('damage', ['truncated', 'garbage_with_matching_record', 'no_record'])
 def test_a_corrupt_cached_graph_is_rebuilt_not_trusted(lora_checkpoint, images, caplog, damage):
     checkpoint, torch_classifier = lora_checkpoint
