@@ -61,7 +61,7 @@ OPSET = 18
 GRAPH_FOLDER = 'onnx'
 INPUT_NAME = 'images'
 # Bumped when the exported graph's layout (inputs, outputs, wrapper, attention) changes.
-GRAPH_FORMAT = 2
+GRAPH_FORMAT = 3
 INSTALL_HINT = ('pip install -r requirements/runtime.txt (it pins onnxruntime), or set '
                 'runtime: torch')
 _GRAPH_NAME = re.compile(r'^(?P<stem>.+?)(?P<int8>-int8)?-(?P<key>[0-9a-f]{20})\.onnx$')
@@ -144,15 +144,15 @@ class ProbabilityGraph(nn.Module):
 
 def _rope_tables(rope: torch.Tensor, prefix: int, half: bool, scale: float,
                  dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Return cos, sin (2, 1, 1, L, D) and the rotation matrix (D, D) of a rope.
+    """Return cos, sin (1, 2, 1, L, D) and the rotation matrix (D, D) of a rope.
 
     `rope` is timm's concatenated [sin | cos] table (L - prefix, 2D) of the patch tokens.
     Rows of the `prefix` tokens get cos 1 and sin 0 (no rotation), so the rotation runs
     on the whole sequence without slicing. rot(x) = x @ R, R a signed permutation
     (timm's interleaved [-x1, x0, -x3, x2, ...], or with `half` [-x_(D/2).., x_0..]):
     each output is one exact product, and a matmul runs far faster in ONNX Runtime than a
-    gather along the last axis. The attention scale is folded into the query's row of
-    both tables.
+    gather along the last axis. Axis 1 is (query, key); the attention scale is folded
+    into the query's half of both tables.
     """
     sin, cos = rope.to(dtype).chunk(2, dim=-1)
     dim = cos.shape[-1]
@@ -167,8 +167,35 @@ def _rope_tables(rope: torch.Tensor, prefix: int, half: bool, scale: float,
         sign = torch.where(index % 2 == 0, -1.0, 1.0)
     rotation = torch.zeros(dim, dim, dtype=dtype, device=rope.device)
     rotation[source, index] = sign.to(dtype)
-    rows = torch.tensor([scale, 1.0], dtype=dtype, device=rope.device).view(2, 1, 1, 1, 1)
+    rows = _query_key_scale(scale, dtype, rope.device)
     return cos * rows, sin * rows, rotation
+
+
+def _query_key_scale(scale: float, dtype: torch.dtype, device=None) -> torch.Tensor:
+    """(1, 2, 1, 1, 1): the attention scale on the query, 1 on the key."""
+    return torch.tensor([scale, 1.0], dtype=dtype, device=device).view(1, 2, 1, 1, 1)
+
+
+def _head_projections(self, x: torch.Tensor, tokens: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Return q and k stacked (B, 2, heads, L, D) and v (B, heads, L, D) of `x` (B, L, C).
+
+    A plain qkv Linear (every method's after merging) runs as batched per-head matmuls,
+    x (B, 1, L, C) @ W (heads, C, D), whose outputs are already head-major: no transpose
+    of the whole qkv tensor, which costs ONNX Runtime more than the matmuls save.
+    Anything else (MTLoRA's task streams) runs the module, then one permute.
+    """
+    heads, dim, qkv = self.num_heads, self.head_dim, self.qkv
+    if type(qkv) is nn.Linear:  # noqa: E721 (subclasses may change forward)
+        channels = qkv.in_features
+        weight = qkv.weight.reshape(3, heads, dim, channels).transpose(-1, -2)
+        bias = (qkv.bias if qkv.bias is not None
+                else qkv.weight.new_zeros(3 * heads * dim)).reshape(3, heads, 1, dim)
+        rows = x.unsqueeze(1)
+        qk = rows @ weight[:2].reshape(2 * heads, channels, dim) + bias[:2].reshape(
+            2 * heads, 1, dim)
+        return qk.reshape(-1, 2, heads, tokens, dim), rows @ weight[2] + bias[2]
+    qkv = qkv(x).reshape(-1, tokens, 3, heads, dim).permute(0, 2, 3, 1, 4)  # (B, 3, H, L, D)
+    return qkv[:, :2], qkv[:, 2]
 
 
 def _lean_rope_attention(self, x: torch.Tensor, rope: Optional[torch.Tensor] = None,
@@ -176,26 +203,25 @@ def _lean_rope_attention(self, x: torch.Tensor, rope: Optional[torch.Tensor] = N
     """timm AttentionRope's forward, written for a short exported graph (same result).
 
     The sequence length is fixed by the input size, so every reshape has a constant
-    shape (batch -1); the rotary embedding is a small matmul and two products over the
-    whole sequence (see `_rope_tables`) instead of slices, a stack and concatenations
-    around the prefix tokens; attention is written out (softmax(q k^T) v, the scale
-    folded into q), which ONNX Runtime fuses into transposed matmuls. Anything else
-    (masks, causal, training) runs timm's own forward.
+    shape (batch -1); q, k, v come out head-major (`_head_projections`); the rotary
+    embedding is a small matmul and two products over the whole sequence
+    (`_rope_tables`) instead of slices, a stack and concatenations around the prefix
+    tokens; attention is written out (softmax(q k^T) v, the scale folded into q), which
+    ONNX Runtime fuses into transposed matmuls. Anything else (masks, causal, training)
+    runs timm's own forward.
     """
     if attn_mask is not None or is_causal or self.training:
         return type(self).forward(self, x, rope=rope, attn_mask=attn_mask, is_causal=is_causal)
     tokens = int(x.shape[1])
-    qkv = self.qkv(x).reshape(-1, tokens, 3, self.num_heads, self.head_dim)
-    qkv = qkv.permute(2, 0, 3, 1, 4)  # (3, B, heads, L, D)
-    qk, v = qkv[:2], qkv[2]
+    qk, v = _head_projections(self, x, tokens)
     if rope is not None:
         cos, sin, rotation = _rope_tables(rope, self.num_prefix_tokens,
-                                      bool(getattr(self, 'rotate_half', False)), self.scale,
-                                      qk.dtype)
+                                          bool(getattr(self, 'rotate_half', False)),
+                                          self.scale, qk.dtype)
         qk = qk * cos + (qk @ rotation) * sin
     else:
-        qk = qk * torch.tensor([self.scale, 1.0], dtype=qk.dtype).view(2, 1, 1, 1, 1)
-    attention = (qk[0] @ qk[1].transpose(-2, -1)).softmax(dim=-1)
+        qk = qk * _query_key_scale(self.scale, qk.dtype, qk.device)
+    attention = (qk[:, 0] @ qk[:, 1].transpose(-2, -1)).softmax(dim=-1)
     out = (attention @ v).transpose(1, 2).reshape(-1, tokens, self.attn_dim)
     return self.proj(out)
 

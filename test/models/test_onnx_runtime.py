@@ -252,15 +252,22 @@ def test_the_key_follows_weights_and_versions(base_model, monkeypatch):
     assert onnx_runtime.model_key(model) != changed
 
 
+@pytest.mark.parametrize('qkv', ['linear', 'wrapped'])
 @pytest.mark.parametrize('rotate_half', [False, True])
 def test_the_exported_rope_attention_equals_timms_and_is_restored(base_model, images,
-                                                                  rotate_half):
-    """The export's constant-shape attention gives timm's result in every PE-Core block."""
+                                                                  rotate_half, qkv):
+    """The export's constant-shape attention gives timm's result in every PE-Core block.
+
+    `linear`: the per-head matmuls of a plain qkv Linear; `wrapped`: any other qkv module
+    (run as it is, then permuted).
+    """
     model = copy.deepcopy(base_model)
     blocks = [m for m in model.modules() if onnx_runtime._lean_attention_applies(m)]
     assert len(blocks) == len(model.visual.trunk.blocks) > 0
     for module in blocks:
         module.rotate_half = rotate_half
+        if qkv == 'wrapped':
+            module.qkv = torch.nn.Sequential(module.qkv)
     with torch.no_grad():
         expected = model(images)
         with onnx_runtime.lean_attention(model) as switched:
