@@ -19,6 +19,7 @@ from soft_biometrics_ros.tools.bench.config import SUITES, BenchConfig, parse_fr
 from soft_biometrics_ros.tools.bench.frames import synthetic_frame
 from soft_biometrics_ros.tools.bench.node import node_processing_mean
 from soft_biometrics_ros.tools.bench.pipeline import STAGES
+from soft_biometrics_ros.tools.bench.runtimes import interleaved
 from soft_biometrics_ros.tools.bench.timing import LatencyStats
 
 T = 'PE-Core-T-16-384'
@@ -102,6 +103,16 @@ def test_quick_suite_compares_torch_and_onnxruntime_interleaved(quick):
     assert found['export_s'] > 0 and found['load_cached_s'] > 0
     assert found['threads'] == results['environment']['torch_threads']
     assert 'Classifier runtimes' in stdout and 'export s / cached load s' in stdout
+    assert all(what['calls'] == 3 for what in found['classifier'].values())  # quick: 3 pairs
+
+
+def test_interleaved_keeps_its_pairs_past_the_time_cap_and_alternates():
+    order = []
+    calls = {name: (lambda name=name: order.append(name)) for name in ('torch', 'onnxruntime')}
+    times = interleaved(calls, rounds=20, warmup=0, max_seconds=0.0, min_rounds=5)
+    assert [len(v) for v in times.values()] == [5, 5]  # stopped at the cap, not before 5
+    assert order[:4] == ['torch', 'onnxruntime', 'onnxruntime', 'torch']
+    assert len(interleaved(calls, rounds=3, warmup=1, max_seconds=1e9)['torch']) == 3
 
 
 def test_quick_suite_node_over_ros(quick):

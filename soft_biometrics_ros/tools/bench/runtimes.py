@@ -21,14 +21,17 @@ from tqdm import tqdm
 from soft_biometrics_ros.tools.bench.timing import LatencyStats
 
 RUNTIME_CHOICES = ('torch', 'onnxruntime')
+# Paired calls behind each classifier-alone ratio (batch 8 on PE-Core-T: ~20 s on 2 cores).
+MIN_PAIRS = 8
 
 
 def interleaved(calls: Dict[str, Callable[[], object]], rounds: int, warmup: int,
-                max_seconds: float, desc: str = '') -> Dict[str, List[float]]:
+                max_seconds: float, desc: str = '',
+                min_rounds: int = 2) -> Dict[str, List[float]]:
     """Time each of `calls` once per round, alternating their order; return ms per call.
 
-    Stops after `rounds` rounds, or after the round that passes `max_seconds` (two
-    rounds at least).
+    Stops after `rounds` rounds, or after the round that passes `max_seconds`
+    (`min_rounds` rounds at least).
     """
     for _ in range(warmup):
         for call in calls.values():
@@ -41,7 +44,7 @@ def interleaved(calls: Dict[str, Callable[[], object]], rounds: int, warmup: int
             t0 = time.perf_counter()
             calls[name]()
             times[name].append((time.perf_counter() - t0) * 1000.0)
-        if index >= 1 and time.perf_counter() - started >= max_seconds:
+        if index + 1 >= min_rounds and time.perf_counter() - started >= max_seconds:
             break
     return times
 
@@ -90,7 +93,11 @@ def bench_runtimes(pipeline, path, frame, crop_rgb: np.ndarray, checkpoint: str,
         crops = [crop_rgb] * batch
         calls = {'torch': lambda: source.predict_proba(source.preprocess(crops)),
                  'onnxruntime': lambda: exported.predict_proba(exported.preprocess(crops))}
-        times = interleaved(calls, max(4, iterations // batch), 1, max_seconds,
+        # A ratio needs pairs: min(iterations, MIN_PAIRS) rounds at every batch size,
+        # whatever the time cap (batch 8 used to stop after 3).
+        pairs = min(iterations, MIN_PAIRS)
+        times = interleaved(calls, max(pairs, iterations // batch), 1, max_seconds,
+                            min_rounds=pairs,
                             desc=f'{label} torch vs onnxruntime b{batch}')
         out['classifier'][str(batch)] = _compare(times, per=batch)
     onnx_pipeline = Pipeline(pipeline.config, classifier=exported, detector=pipeline.detector)
