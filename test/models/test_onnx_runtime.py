@@ -252,6 +252,46 @@ def test_the_key_follows_weights_and_versions(base_model, monkeypatch):
     assert onnx_runtime.model_key(model) != changed
 
 
+class CountingSession:
+    """A real InferenceSession, its run calls counted (the batch size of each kept)."""
+
+    def __init__(self, session):
+        self.session, self.batches = session, []
+
+    def run(self, outputs, feeds):
+        self.batches.append(len(feeds[onnx_runtime.INPUT_NAME]))
+        return self.session.run(outputs, feeds)
+
+    def __getattr__(self, name):
+        return getattr(self.session, name)
+
+
+def test_a_large_batch_runs_in_chunks_with_the_same_answers(lora_checkpoint, images):
+    checkpoint, torch_classifier = lora_checkpoint
+    onnx_classifier = create_classifier(checkpoint=str(checkpoint), pretrained='none',
+                                        device='cpu', runtime='onnxruntime')
+    five = torch.cat([images, images[:2]])
+    whole = onnx_classifier.predict_proba(five)
+    assert onnx_classifier.images_per_call > len(five)  # 64-px test model: one call
+    onnx_classifier.session = CountingSession(onnx_classifier.session)
+    onnx_classifier.images_per_call = 2
+    chunked = onnx_classifier.predict_proba(five)
+    assert onnx_classifier.session.batches == [2, 2, 1]
+    for task in labels.TASKS:
+        assert chunked[task].shape == whole[task].shape
+        assert float((chunked[task] - whole[task]).abs().max()) <= 1e-6
+    assert max(max_difference(torch_classifier, onnx_classifier, five).values()) <= TOLERANCE
+
+
+def test_images_per_call_keeps_one_layers_attention_scores_in_the_budget(base_model):
+    heads = base_model.visual.trunk.blocks[0].attn.num_heads
+    for size, tokens in ((384, 24 * 24 + 1), (SIZE, 4 * 4 + 1)):
+        expected = max(1, onnx_runtime.ATTENTION_CHUNK_BYTES // (heads * tokens ** 2 * 4))
+        assert onnx_runtime.images_per_call(base_model, size) == expected
+    assert onnx_runtime.images_per_call(base_model, 384) == 2  # PE-Core-T: 4 MB an image
+    assert onnx_runtime.images_per_call(torch.nn.Linear(3, 3), 384) is None
+
+
 @pytest.mark.parametrize('qkv', ['linear', 'wrapped'])
 @pytest.mark.parametrize('rotate_half', [False, True])
 def test_the_exported_rope_attention_equals_timms_and_is_restored(base_model, images,
