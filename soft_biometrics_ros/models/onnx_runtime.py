@@ -205,7 +205,7 @@ def _head_projections(self, x: torch.Tensor, tokens: int) -> Tuple[torch.Tensor,
 
 def _lean_rope_attention(self, x: torch.Tensor, rope: Optional[torch.Tensor] = None,
                          attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False):
-    """timm AttentionRope's forward, written for a short exported graph (same result).
+    """Run timm's AttentionRope forward as a short exported graph does (same result).
 
     The sequence length is fixed by the input size, so every reshape has a constant
     shape (batch -1); q, k, v come out head-major (`_head_projections`); the rotary
