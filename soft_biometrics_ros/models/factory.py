@@ -116,8 +116,8 @@ class ModelConfig:
     runtime: str = setting(
         'torch', 'Classifier runtime: torch; onnxruntime (the model exported once to an '
         'ONNX graph, cached beside the checkpoint or in ~/.cache/soft_biometrics_ros, run '
-        'by ONNX Runtime on the CPU: same answers, 1.0-1.17x torch fp32 on 2 cores; int8 = '
-        'its dynamic quantization, 1.05-1.16x torch int8); auto = onnxruntime on a CPU '
+        'by ONNX Runtime on the CPU: same answers, 1.2-1.7x torch fp32 on 2 cores; int8 = '
+        'its dynamic quantization, faster than torch int8); auto = onnxruntime on a CPU '
         'device when it is installed, torch otherwise.',
         choices=RUNTIMES, applies='configure')
 
