@@ -43,9 +43,11 @@ import json
 import logging
 import os
 import re
+import shutil
 import tempfile
 import time
 import types
+import weakref
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
@@ -576,11 +578,18 @@ def onnx_classifier(classifier: FaceClassifier, checkpoint: Optional[Path] = Non
     key = model_key(classifier)
     if checkpoint is None and classifier.untrained:
         # Random zero-shot weights are drawn anew at every build: nothing to reuse.
+        # The temporary folder goes with the classifier (or at exit), not left in /tmp.
         folder = Path(tempfile.mkdtemp(prefix='soft_biometrics_onnx_'))
-        path = export_graph(classifier, folder / f'zero-shot-{key}.onnx', key)
-        if int8:
-            path = quantize_graph(path, int8_graph_path(path), key)
-        return OnnxClassifier(open_session(path), classifier, path, quantized=int8)
+        try:
+            path = export_graph(classifier, folder / f'zero-shot-{key}.onnx', key)
+            if int8:
+                path = quantize_graph(path, int8_graph_path(path), key)
+            result = OnnxClassifier(open_session(path), classifier, path, quantized=int8)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        weakref.finalize(result, shutil.rmtree, str(folder), True)
+        return result
     path = graph_path(classifier, checkpoint, cache_dir, key)
     wanted = int8_graph_path(path) if int8 else path
     session = _cached_session(wanted, key)

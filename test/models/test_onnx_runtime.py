@@ -6,6 +6,7 @@ export per method (module-scoped); the cache tests reuse the LoRA checkpoint.
 """
 
 import copy
+import gc
 import json
 import logging
 import os
@@ -179,6 +180,11 @@ def test_zero_shot_gives_the_same_probabilities_and_is_cached(tmp_path, caplog):
     assert random.untrained and random.graph_path.parent != graph.parent
     assert sorted((cache / 'onnx').glob('*.onnx')) == [graph]
     assert max(max_difference(torch_classifier, random, images).values()) <= TOLERANCE
+    temporary = random.graph_path.parent
+    assert temporary.is_dir()
+    del random
+    gc.collect()
+    assert not temporary.exists()  # its temporary folder goes with it
 
 
 def test_zero_shot_graphs_go_to_the_user_cache(tmp_path, monkeypatch):
