@@ -2,13 +2,20 @@
 
 `HriListener` reads /humans/faces/tracked first, then per listed id its topics (rclcpp
 SystemDefaults QoS, as libhri), dropping an id's subscriptions when it leaves the list.
+It runs its own node on its own single-threaded executor: rclpy (Jazzy 7.1.6) lets a
+subscription destroyed in one executor thread kill another thread that is building its
+wait set (InvalidHandle "destruction was requested"), which stopped the test client's
+callbacks in a `make test` run.
 `FakeDetector` publishes tracked + per-id cropped as hri_face_detect does. Messages: the
 test fixture package hri_msgs (test/fixtures/hri_msgs, built by `make setup`).
 """
 
+import itertools
 import threading
 
+import rclpy
 from hri_msgs.msg import Expression, IdsList, NormalizedRegionOfInterest2D, SoftBiometrics
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_system_default
 from sensor_msgs.msg import Image
 
@@ -25,8 +32,12 @@ DETECTOR_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
 class HriListener:
     """Reads /humans/faces/... as libhri's HRIListener does (see the module docstring)."""
 
+    _names = itertools.count()
+
     def __init__(self, node, topics=('roi', 'expression', 'softbiometrics')):
-        self.node = node
+        """Listen in `node`'s context, on a node and executor of its own."""
+        context = node.context
+        self.node = rclpy.create_node(f'hri_listener_{next(self._names)}', context=context)
         self.topics = topics
         self.lock = threading.Lock()
         self.tracked = []          # every IdsList received: (stamp, ids)
@@ -34,8 +45,18 @@ class HriListener:
         self.ever = set()          # every id ever listed
         self.subscriptions = {}    # id -> [subscriptions]
         self.received = {}         # (id, topic) -> [messages]
-        node.create_subscription(IdsList, '/humans/faces/tracked', self._on_tracked,
-                                 qos_profile_system_default)
+        self.node.create_subscription(IdsList, '/humans/faces/tracked', self._on_tracked,
+                                      qos_profile_system_default)
+        self.executor = SingleThreadedExecutor(context=context)
+        self.executor.add_node(self.node)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        """Stop spinning and destroy the listener's node (before its context shuts down)."""
+        self.executor.shutdown()
+        self.node.destroy_node()
+        self.thread.join(5)
 
     def _on_tracked(self, msg):
         with self.lock:

@@ -25,7 +25,10 @@ def publisher_graph(tmp_path_factory):
                       ) as (client, process):
         listener = HriListener(client.node, topics=('roi', 'expression', 'softbiometrics',
                                                     'cropped'))
-        yield client, listener, log_path
+        try:
+            yield client, listener, log_path
+        finally:
+            listener.close()
 
 
 def test_faces_of_the_sample_get_roi_expression_and_softbiometrics(publisher_graph):

@@ -28,6 +28,7 @@ def source_graph(tmp_path_factory):
             raise AssertionError('node did not become active:\n' + log_path.read_text())
         yield client, listener, log_path, FakeDetector(client.node)
     finally:
+        listener.close()
         client.close()
         code = stop_node(process)
         assert code == 0, f'node exited with {code}:\n{log_path.read_text()[-3000:]}'
