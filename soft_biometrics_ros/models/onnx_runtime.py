@@ -194,7 +194,7 @@ def _head_projections(self, x: torch.Tensor, tokens: int) -> Tuple[torch.Tensor,
     A plain qkv Linear (every method's after merging) runs as batched per-head matmuls,
     x (B, 1, L, C) @ W (heads, C, D), whose outputs are already head-major: no transpose
     of the whole qkv tensor, which costs ONNX Runtime more than the matmuls save.
-    Anything else (MTLoRA's task streams) runs the module, then one permute.
+    Any other qkv module (e.g. an adapter left unmerged) runs as it is, then one permute.
     """
     heads, dim, qkv = self.num_heads, self.head_dim, self.qkv
     if type(qkv) is nn.Linear:  # noqa: E721 (subclasses may change forward)
